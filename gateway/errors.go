@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"database/sql/driver"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/lib/pq"
+
+	"github.com/productwatch/productwatch/pkg/product"
+)
+
+// Error codes of the REST API (api/openapi.yaml lists them). product's
+// InputError codes (invalid_json, invalid_body, use_put) pass through as they
+// are.
+const (
+	codeInvalidParameter     = "invalid_parameter"
+	codeNotFound             = "not_found"
+	codePreconditionFailed   = "precondition_failed"
+	codeUnauthorized         = "unauthorized"
+	codeBodyTooLarge         = "body_too_large"
+	codeUnsupportedMediaType = "unsupported_media_type"
+	codeMethodNotAllowed     = "method_not_allowed"
+	codeInternal             = "internal"
+	codeUnavailable          = "unavailable"
+)
+
+// apiError is an error with its HTTP status and API error code.
+type apiError struct {
+	Status  int
+	Code    string
+	Field   string
+	Message string
+}
+
+func (e *apiError) Error() string { return e.Message }
+
+// errorBody is the JSON body of every error response.
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+		Field   string `json:"field,omitempty"`
+	} `json:"error"`
+}
+
+// classify maps any error a handler returns to its status and API error. It
+// is the one place where errors become HTTP answers; the bool reports an
+// unexpected failure that the caller logs.
+func classify(err error) (*apiError, bool) {
+	var api *apiError
+	var input *product.InputError
+	var tooLarge *http.MaxBytesError
+	var pqErr *pq.Error
+	var netErr net.Error
+	var conflict *product.VersionError
+	switch {
+	case errors.As(err, &api):
+		return api, false
+	case errors.As(err, &input):
+		return &apiError{Status: http.StatusBadRequest, Code: input.Code, Field: input.Field, Message: input.Message}, false
+	case errors.As(err, &tooLarge):
+		return &apiError{Status: http.StatusRequestEntityTooLarge, Code: codeBodyTooLarge,
+			Message: "request body is larger than " + formatBytes(tooLarge.Limit)}, false
+	case errors.Is(err, product.ErrNotFound):
+		return &apiError{Status: http.StatusNotFound, Code: codeNotFound, Message: "no product with this id"}, false
+	case errors.As(err, &conflict):
+		return &apiError{Status: http.StatusPreconditionFailed, Code: codePreconditionFailed,
+			Message: fmt.Sprintf(`If-Match does not match: the product is at version %d (ETag "%d")`, conflict.Current, conflict.Current)}, false
+	case errors.As(err, &pqErr) && (strings.HasPrefix(string(pqErr.Code), "08") || strings.HasPrefix(string(pqErr.Code), "57")),
+		errors.Is(err, driver.ErrBadConn), errors.As(err, &netErr),
+		errors.Is(err, context.DeadlineExceeded):
+		return &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable, Message: "the database is unavailable; retry later"}, true
+	default:
+		return &apiError{Status: http.StatusInternalServerError, Code: codeInternal, Message: "internal error"}, true
+	}
+}
+
+func formatBytes(n int64) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return strconv.FormatInt(n>>20, 10) + " MiB"
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return strconv.FormatInt(n>>10, 10) + " KiB"
+	default:
+		return strconv.FormatInt(n, 10) + " bytes"
+	}
+}
+
+// marshalError renders the JSON error body.
+func marshalError(e *apiError) []byte {
+	var body errorBody
+	body.Error.Code, body.Error.Message, body.Error.Field = e.Code, e.Message, e.Field
+	out, _ := json.Marshal(body) // cannot fail: strings only
+	return out
+}

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	_ "github.com/lib/pq" // the PostgreSQL driver
+	"golang.org/x/sync/errgroup"
+
+	"github.com/productwatch/productwatch/pkg/health"
+	"github.com/productwatch/productwatch/pkg/product"
+	"github.com/productwatch/productwatch/pkg/schema"
+)
+
+// Gateway is one gateway process: its handler and the state behind it. Build
+// it with newGateway, then Serve.
+type Gateway struct {
+	cfg      Config
+	logger   *slog.Logger
+	db       *sql.DB
+	migrator *schema.Migrator
+	probes   *health.Probes
+	handler  http.Handler
+}
+
+// newGateway wires the gateway on an open database. It does not migrate or
+// listen: Serve does.
+func newGateway(cfg Config, db *sql.DB, logger *slog.Logger) (*Gateway, error) {
+	migrator, err := schema.New(db, logger)
+	if err != nil {
+		return nil, err
+	}
+	probes := health.New(2 * time.Second)
+	probes.Add("database", db.PingContext)
+	probes.Add("migrations", func(ctx context.Context) error {
+		current, err := migrator.Current(ctx)
+		if err == nil && !current {
+			err = errors.New("pending")
+		}
+		return err
+	})
+	g := &Gateway{cfg: cfg, logger: logger, db: db, migrator: migrator, probes: probes}
+	g.handler = newRouter(routerDeps{
+		logger:       logger,
+		store:        product.NewStore(db),
+		probes:       probes,
+		registry:     health.NewRegistry(),
+		apiToken:     cfg.APIToken,
+		maxBodyBytes: cfg.MaxBodyBytes,
+	})
+	return g, nil
+}
+
+// Run is the whole gateway: it opens the database, listens on
+// cfg.ListenAddr and serves until ctx ends, then shuts down gracefully.
+func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
+	db, err := openDB(cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	g, err := newGateway(cfg, db, logger)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.ListenAddr, err)
+	}
+	return g.Serve(ctx, ln)
+}
+
+// openDB opens a PostgreSQL pool; connections are made lazily.
+func openDB(dsn string) (*sql.DB, error) {
+	db, err := sql.Open("postgres", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	db.SetMaxOpenConns(32)
+	db.SetMaxIdleConns(32)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	return db, nil
+}
+
+// Serve migrates the database (retrying until it is reachable; the gateway is
+// not ready meanwhile) and serves on ln until ctx ends. Then it reports not
+// ready, stops accepting connections and gives in-flight requests
+// cfg.ShutdownTimeout to finish. It returns once everything it started has
+// stopped, and closes ln.
+func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           g.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(g.logger.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	scheme := "https"
+	if g.cfg.InsecureHTTP {
+		scheme = "http"
+		srv.Protocols = new(http.Protocols)
+		srv.Protocols.SetHTTP1(true)
+		srv.Protocols.SetUnencryptedHTTP2(true)
+	} else {
+		tlsCfg, selfSigned, err := tlsConfig(g.cfg.TLSCert, g.cfg.TLSKey)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		if selfSigned {
+			g.logger.Warn("no TLS_CERT given: serving a self-signed development certificate; browsers will warn")
+		}
+		srv.TLSConfig = tlsCfg
+		ln = tls.NewListener(ln, tlsCfg)
+	}
+
+	group, gctx := errgroup.WithContext(ctx)
+	group.Go(func() error { return g.migrate(gctx) })
+	group.Go(func() error {
+		g.logger.Info("gateway listening", "addr", ln.Addr().String(), "url", scheme+"://"+ln.Addr().String())
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve: %w", err)
+		}
+		return nil
+	})
+	group.Go(func() error {
+		<-gctx.Done()
+		g.probes.SetDraining()
+		g.logger.Info("gateway shutting down", "timeout", g.cfg.ShutdownTimeout)
+		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.ShutdownTimeout)
+		defer cancel()
+		if err := srv.Shutdown(shutdownCtx); err != nil {
+			srv.Close()
+			return fmt.Errorf("shutdown: %w", err)
+		}
+		return nil
+	})
+	return group.Wait()
+}
+
+// migrate applies the migrations, retrying with backoff while the database is
+// unreachable. It returns nil once done or when ctx ends.
+func (g *Gateway) migrate(ctx context.Context) error {
+	delay := 250 * time.Millisecond
+	for {
+		version, err := g.migrator.Up(ctx)
+		if err == nil {
+			g.logger.Info("database schema current", "version", version)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		g.logger.Warn("migrating the database failed; retrying", "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 10*time.Second)
+	}
+}

@@ -1,0 +1,64 @@
+// Package change defines the change event that flows from PostgreSQL through
+// NATS to the browsers, the names it travels under, and the decoding of the
+// notification the trigger sends.
+//
+// The event is built once, by the trigger notify_event_on_products_update
+// (see migrations/), in the API's field names. Programs forward its bytes as
+// they are; [Event] exists for tests, tools and the rare reader that needs a
+// field.
+package change
+
+import (
+	"encoding/json"
+	"strconv"
+	"time"
+)
+
+// Channel is the PostgreSQL NOTIFY channel the trigger wakes the bridge on.
+const Channel = "product_change"
+
+// SubjectPrefix starts every product subject; the JetStream stream PRODUCTS
+// captures SubjectPrefix + "*".
+const SubjectPrefix = "product."
+
+// Subject returns the NATS subject of a product's changes, "product.<id>".
+func Subject(productID int64) string {
+	return string(AppendSubject(make([]byte, 0, len(SubjectPrefix)+20), productID))
+}
+
+// AppendSubject appends the subject of productID to dst, without allocating
+// when dst has room.
+func AppendSubject(dst []byte, productID int64) []byte {
+	dst = append(dst, SubjectPrefix...)
+	return strconv.AppendInt(dst, productID, 10)
+}
+
+// Action says what happened to the row.
+type Action string
+
+// The actions of a change, as the trigger names them (TG_OP).
+const (
+	Insert Action = "INSERT"
+	Update Action = "UPDATE"
+	Delete Action = "DELETE"
+)
+
+// Event is a change event as published on product.<id>. For a delete,
+// Product is the last state and Version is one more than its version.
+type Event struct {
+	Seq       int64           `json:"seq"`
+	Action    Action          `json:"action"`
+	ProductID int64           `json:"productId"`
+	Version   int64           `json:"version"`
+	ChangedAt time.Time       `json:"changedAt"`
+	Product   json.RawMessage `json:"product"`
+}
+
+// Notification is the payload of a NOTIFY on [Channel]: either the whole
+// event, or, when the event is too large for NOTIFY (8000 bytes), only a
+// reference {"seq":…,"productId":…,"ref":true} to read from the change log.
+type Notification struct {
+	Seq       int64 `json:"seq"`
+	ProductID int64 `json:"productId"`
+	Ref       bool  `json:"ref"`
+}

@@ -1,0 +1,28 @@
+// Package logging builds the log/slog logger of a productwatch process from
+// its LOG_LEVEL and LOG_FORMAT settings.
+package logging
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+)
+
+// New returns a logger writing to w. level is debug, info (default), warn or
+// error; format is json (default, for machines) or text (for people).
+func New(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(strings.TrimSpace(level))); err != nil && level != "" {
+		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch strings.ToLower(format) {
+	case "", "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	default:
+		return nil, fmt.Errorf("log format %q: want json or text", format)
+	}
+}
