@@ -39,13 +39,7 @@ func newGateway(cfg Config, db *sql.DB, logger *slog.Logger) (*Gateway, error) {
 	}
 	probes := health.New(2 * time.Second)
 	probes.Add("database", db.PingContext)
-	probes.Add("migrations", func(ctx context.Context) error {
-		current, err := migrator.Current(ctx)
-		if err == nil && !current {
-			err = errors.New("pending")
-		}
-		return err
-	})
+	probes.Add("migrations", migrator.Check)
 	g := &Gateway{cfg: cfg, logger: logger, db: db, migrator: migrator, probes: probes}
 	g.handler = newRouter(routerDeps{
 		logger:       logger,
@@ -125,7 +119,10 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	}
 
 	group, gctx := errgroup.WithContext(ctx)
-	group.Go(func() error { return g.migrate(gctx) })
+	group.Go(func() error {
+		_ = g.migrator.UpRetrying(gctx) // fails only when shutting down
+		return nil
+	})
 	group.Go(func() error {
 		g.logger.Info("gateway listening", "addr", ln.Addr().String(), "url", scheme+"://"+ln.Addr().String())
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -146,27 +143,4 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		return nil
 	})
 	return group.Wait()
-}
-
-// migrate applies the migrations, retrying with backoff while the database is
-// unreachable. It returns nil once done or when ctx ends.
-func (g *Gateway) migrate(ctx context.Context) error {
-	delay := 250 * time.Millisecond
-	for {
-		version, err := g.migrator.Up(ctx)
-		if err == nil {
-			g.logger.Info("database schema current", "version", version)
-			return nil
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		g.logger.Warn("migrating the database failed; retrying", "err", err, "retry_in", delay)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, 10*time.Second)
-	}
 }

@@ -8,8 +8,10 @@ package schema
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
@@ -68,6 +70,44 @@ func (m *Migrator) Current(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("check migrations: %w", err)
 	}
 	return !pending, nil
+}
+
+// ErrPending is returned by Check while migrations remain to apply.
+var ErrPending = errors.New("migrations pending")
+
+// Check is a readiness check: nil when the schema is current, ErrPending
+// while migrations remain, or the error that prevented checking.
+func (m *Migrator) Check(ctx context.Context) error {
+	current, err := m.Current(ctx)
+	if err == nil && !current {
+		err = ErrPending
+	}
+	return err
+}
+
+// UpRetrying applies the migrations like Up, retrying with backoff (250 ms
+// doubling to 10 s) while it fails, typically because the database is not
+// reachable yet. It returns nil once done, or ctx's error when ctx ends
+// first. Every failure is logged.
+func (m *Migrator) UpRetrying(ctx context.Context) error {
+	delay := 250 * time.Millisecond
+	for {
+		version, err := m.Up(ctx)
+		if err == nil {
+			m.logger.Info("database schema current", "version", version)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		m.logger.Warn("migrating the database failed; retrying", "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 10*time.Second)
+	}
 }
 
 // Migrate is New followed by Up, for callers that migrate once and go on.

@@ -1,0 +1,66 @@
+# productwatch — every command a developer or CI needs. The quick start is
+# `make run` and `make test`; both install what they need by themselves.
+
+SHELL        := /bin/bash
+GO           ?= go
+BIN          := $(CURDIR)/bin
+STATICCHECK  := $(BIN)/staticcheck
+STATICCHECK_VERSION := v0.8.2
+FUZZTIME     ?= 30s
+BENCHTIME    ?= 3s
+export GOFLAGS := -buildvcs=false
+
+.PHONY: all build run migrate test test-short lint fmt fuzz bench pgbench clean
+
+all: lint test
+
+## build: compile both programs into ./bin
+build:
+	$(GO) build -o $(BIN)/bridge ./bridge
+	$(GO) build -o $(BIN)/gateway ./gateway
+
+## run: the whole system on this machine (PostgreSQL found or started, NATS embedded in the bridge)
+run: build
+	$(GO) run ./deploy/devrun -bin $(BIN)
+
+## migrate: apply the migrations to the database `make run` uses, then exit
+migrate:
+	$(GO) run ./deploy/devrun -migrate
+
+## test: lint, then every test with the race detector against real PostgreSQL and NATS
+test: lint
+	$(GO) test -race -count=1 -timeout 12m ./...
+
+## test-short: the tests without lint, for a quick loop
+test-short:
+	$(GO) test -count=1 ./...
+
+$(STATICCHECK):
+	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+## lint: gofmt, go vet and staticcheck must all be silent
+lint: $(STATICCHECK)
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(STATICCHECK) ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+## fuzz: run every fuzz target for FUZZTIME each (new interesting inputs land in testdata/fuzz)
+fuzz:
+	$(GO) test ./pkg/product -run '^$$' -fuzz '^FuzzParsePrice$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/product -run '^$$' -fuzz '^FuzzDecodeInput$$' -fuzztime $(FUZZTIME)
+
+## bench: the Go benchmarks, then the pgbench comparison of the write path
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
+	$(MAKE) pgbench
+
+## pgbench: the same UPDATE as PUT /products/{id}, straight into PostgreSQL with pgbench
+pgbench:
+	$(GO) run ./deploy/devrun -pgbench
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,18 @@
+// Package api holds productwatch's contracts: the OpenAPI document for REST
+// (openapi.yaml, embedded as [OpenAPI]).
+//
+// The package only embeds the document, so that any binary can carry it (the
+// gateway may serve it) without linking an OpenAPI library. Tests check real
+// answers against it with package apitest.
+package api
+
+import _ "embed" // for go:embed
+
+// OpenAPI is the OpenAPI 3.0.3 document of the gateway's REST API, in YAML:
+// products, probes and metrics, with their request and response schemas,
+// error codes and the bearer security scheme. It is the source of truth that
+// the gateway's answers are tested against. Treat it as read-only: every user
+// of the package shares the same bytes.
+//
+//go:embed openapi.yaml
+var OpenAPI []byte

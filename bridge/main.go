@@ -1,0 +1,38 @@
+// Command bridge is productwatch's pg-bridge: it carries every committed
+// product change from PostgreSQL's change log to the JetStream stream
+// PRODUCTS. main only reads the configuration and calls Run.
+//
+// For now the bridge migrates the database, runs the embedded NATS server
+// when NATS_URL is unset, and serves its probes and metrics; publishing lands
+// with the bridge issue (see the README).
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/productwatch/productwatch/pkg/logging"
+)
+
+func main() {
+	cfg, err := loadConfig(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bridge:", err)
+		os.Exit(2)
+	}
+	logger, err := logging.New(os.Stderr, cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bridge:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := Run(ctx, cfg, logger); err != nil {
+		logger.Error("bridge stopped", "err", err)
+		stop()
+		os.Exit(1)
+	}
+}
