@@ -18,10 +18,11 @@ all: lint test
 build:
 	$(GO) build -o $(BIN)/bridge ./bridge
 	$(GO) build -o $(BIN)/gateway ./gateway
+	$(GO) build -o $(BIN)/devrun ./deploy/devrun
 
 ## run: the whole system on this machine (PostgreSQL found or started, NATS embedded in the bridge)
 run: build
-	$(GO) run ./deploy/devrun -bin $(BIN)
+	$(BIN)/devrun -bin $(BIN)
 
 ## migrate: apply the migrations to the database `make run` uses, then exit
 migrate:
