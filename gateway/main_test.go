@@ -48,12 +48,12 @@ func newTestGateway(t *testing.T, change func(*Config)) *testGateway {
 	return &testGateway{PG: pg, srv: srv, validator: apitest.NewValidator(t)}
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
 // testWriter sends log lines to t.Log, so they show with the failing test.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))

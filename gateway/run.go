@@ -11,10 +11,10 @@ import (
 	"net/http"
 	"time"
 
-	_ "github.com/lib/pq" // the PostgreSQL driver
 	"golang.org/x/sync/errgroup"
 
 	"github.com/productwatch/productwatch/pkg/health"
+	"github.com/productwatch/productwatch/pkg/postgres"
 	"github.com/productwatch/productwatch/pkg/product"
 	"github.com/productwatch/productwatch/pkg/schema"
 )
@@ -71,17 +71,8 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	return g.Serve(ctx, ln)
 }
 
-// openDB opens a PostgreSQL pool; connections are made lazily.
-func openDB(dsn string) (*sql.DB, error) {
-	db, err := sql.Open("postgres", dsn)
-	if err != nil {
-		return nil, fmt.Errorf("database: %w", err)
-	}
-	db.SetMaxOpenConns(32)
-	db.SetMaxIdleConns(32)
-	db.SetConnMaxIdleTime(5 * time.Minute)
-	return db, nil
-}
+// openDB opens the gateway's PostgreSQL pool; connections are made lazily.
+func openDB(dsn string) (*sql.DB, error) { return postgres.Open(dsn, 32) }
 
 // Serve migrates the database (retrying until it is reachable; the gateway is
 // not ready meanwhile) and serves on ln until ctx ends. Then it reports not

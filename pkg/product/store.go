@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/lib/pq"
 )
@@ -70,12 +71,78 @@ func (p Precondition) versions() any {
 // Store reads and writes products in PostgreSQL. Every write goes through the
 // table's triggers, which bump the version and append to the change log in
 // the same transaction. A Store is safe for concurrent use.
+//
+// Its statements are prepared on first use and kept: planning the UPDATE of
+// a PUT costs PostgreSQL about 0.4 ms, as much again as running it (pgbench
+// with -M prepared against -M extended, BENCHMARKS.md).
 type Store struct {
 	db *sql.DB
+
+	mu    sync.Mutex           // guards stmts
+	stmts map[string]*sql.Stmt // by query text; database/sql re-prepares per connection
 }
 
-// NewStore returns a Store on db, whose schema must be migrated.
-func NewStore(db *sql.DB) *Store { return &Store{db: db} }
+// NewStore returns a Store on db, whose schema must be migrated. Close
+// releases its prepared statements.
+func NewStore(db *sql.DB) *Store { return &Store{db: db, stmts: make(map[string]*sql.Stmt)} }
+
+// Close releases the prepared statements. The Store must not be used after.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for query, stmt := range s.stmts {
+		errs = append(errs, stmt.Close())
+		delete(s.stmts, query)
+	}
+	return errors.Join(errs...)
+}
+
+// stmt returns query prepared, preparing it on first use. A failed prepare
+// (the database is down, say) is not remembered: the next call tries again.
+func (s *Store) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if stmt, ok := s.stmts[query]; ok {
+		return stmt, nil
+	}
+	stmt, err := s.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	s.stmts[query] = stmt
+	return stmt, nil
+}
+
+// queryRow runs a prepared single-row query.
+func (s *Store) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	stmt, err := s.stmt(ctx, query)
+	if err != nil {
+		// QueryRowContext on a closed DB returns a Row carrying the error; a
+		// failed prepare must be reported the same way, through Scan.
+		return s.db.QueryRowContext(ctx, query, args...)
+	}
+	return stmt.QueryRowContext(ctx, args...)
+}
+
+// The statements of the store.
+const (
+	listQuery = `SELECT product_id, version, product_json(p) FROM products p
+		WHERE product_id > $1 ORDER BY product_id LIMIT $2`
+	getQuery    = `SELECT version, product_json(p) FROM products p WHERE product_id = $1`
+	createQuery = `INSERT INTO products (manufacturer, product_name, price_amount, price_currency, units_available)
+		VALUES ($1, $2, $3, $4, $5)
+		RETURNING product_id, version, product_json(products)`
+	replaceQuery = `UPDATE products SET manufacturer = $2, product_name = $3, price_amount = $4,
+		       price_currency = $5, units_available = $6
+		WHERE product_id = $1 AND ($7::bigint[] IS NULL OR version = ANY($7::bigint[]))
+		RETURNING version, product_json(products)`
+	lockQuery = `SELECT manufacturer, product_name, price_amount::text, price_currency, units_available, version
+		FROM products WHERE product_id = $1 FOR UPDATE`
+	deleteQuery = `DELETE FROM products
+		WHERE product_id = $1 AND ($2::bigint[] IS NULL OR version = ANY($2::bigint[]))`
+	versionQuery = `SELECT version FROM products WHERE product_id = $1`
+)
 
 // MaxListLimit is the largest page [Store.List] returns.
 const MaxListLimit = 1000
@@ -86,9 +153,11 @@ func (s *Store) List(ctx context.Context, after int64, limit int) ([]Record, err
 	if limit < 1 || limit > MaxListLimit {
 		return nil, fmt.Errorf("list products: limit %d out of range 1..%d", limit, MaxListLimit)
 	}
-	rows, err := s.db.QueryContext(ctx,
-		`SELECT product_id, version, product_json(p) FROM products p
-		 WHERE product_id > $1 ORDER BY product_id LIMIT $2`, after, limit)
+	stmt, err := s.stmt(ctx, listQuery)
+	if err != nil {
+		return nil, fmt.Errorf("list products after %d: %w", after, err)
+	}
+	rows, err := stmt.QueryContext(ctx, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("list products after %d: %w", after, err)
 	}
@@ -110,9 +179,7 @@ func (s *Store) List(ctx context.Context, after int64, limit int) ([]Record, err
 // Get returns the product with the given id, or ErrNotFound.
 func (s *Store) Get(ctx context.Context, id int64) (Record, error) {
 	r := Record{ID: id}
-	err := s.db.QueryRowContext(ctx,
-		`SELECT version, product_json(p) FROM products p WHERE product_id = $1`, id).
-		Scan(&r.Version, &r.JSON)
+	err := s.queryRow(ctx, getQuery, id).Scan(&r.Version, &r.JSON)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Record{}, fmt.Errorf("get product %d: %w", id, ErrNotFound)
 	}
@@ -125,11 +192,7 @@ func (s *Store) Get(ctx context.Context, id int64) (Record, error) {
 // Create inserts a product; the database assigns its id (version 1).
 func (s *Store) Create(ctx context.Context, f Fields) (Record, error) {
 	var r Record
-	err := s.db.QueryRowContext(ctx,
-		`INSERT INTO products (manufacturer, product_name, price_amount, price_currency, units_available)
-		 VALUES ($1, $2, $3, $4, $5)
-		 RETURNING product_id, version, product_json(products)`,
-		f.Manufacturer, f.ProductName, f.Price.Amount, f.Price.Currency, f.UnitsAvailable).
+	err := s.queryRow(ctx, createQuery, f.Manufacturer, f.ProductName, f.Price.Amount, f.Price.Currency, f.UnitsAvailable).
 		Scan(&r.ID, &r.Version, &r.JSON)
 	if err != nil {
 		return Record{}, fmt.Errorf("create product: %w", err)
@@ -142,12 +205,7 @@ func (s *Store) Create(ctx context.Context, f Fields) (Record, error) {
 // (ErrPreconditionFailed otherwise).
 func (s *Store) Replace(ctx context.Context, id int64, f Fields, pre Precondition) (Record, error) {
 	r := Record{ID: id}
-	err := s.db.QueryRowContext(ctx,
-		`UPDATE products SET manufacturer = $2, product_name = $3, price_amount = $4,
-		        price_currency = $5, units_available = $6
-		 WHERE product_id = $1 AND ($7::bigint[] IS NULL OR version = ANY($7::bigint[]))
-		 RETURNING version, product_json(products)`,
-		id, f.Manufacturer, f.ProductName, f.Price.Amount, f.Price.Currency, f.UnitsAvailable, pre.versions()).
+	err := s.queryRow(ctx, replaceQuery, id, f.Manufacturer, f.ProductName, f.Price.Amount, f.Price.Currency, f.UnitsAvailable, pre.versions()).
 		Scan(&r.Version, &r.JSON)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Record{}, fmt.Errorf("replace product %d: %w", id, s.whyNoRow(ctx, id))
@@ -170,9 +228,15 @@ func (s *Store) Patch(ctx context.Context, id int64, p Patch, pre Precondition) 
 
 	var f Fields
 	var version int64
-	err = tx.QueryRowContext(ctx,
-		`SELECT manufacturer, product_name, price_amount::text, price_currency, units_available, version
-		 FROM products WHERE product_id = $1 FOR UPDATE`, id).
+	lock, err := s.stmt(ctx, lockQuery)
+	if err != nil {
+		return Record{}, fmt.Errorf("patch product %d: %w", id, err)
+	}
+	update, err := s.stmt(ctx, replaceQuery)
+	if err != nil {
+		return Record{}, fmt.Errorf("patch product %d: %w", id, err)
+	}
+	err = tx.StmtContext(ctx, lock).QueryRowContext(ctx, id).
 		Scan(&f.Manufacturer, &f.ProductName, &f.Price.Amount, &f.Price.Currency, &f.UnitsAvailable, &version)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Record{}, fmt.Errorf("patch product %d: %w", id, ErrNotFound)
@@ -185,12 +249,8 @@ func (s *Store) Patch(ctx context.Context, id int64, p Patch, pre Precondition) 
 	}
 	f = p.Apply(f)
 	r := Record{ID: id}
-	err = tx.QueryRowContext(ctx,
-		`UPDATE products SET manufacturer = $2, product_name = $3, price_amount = $4,
-		        price_currency = $5, units_available = $6
-		 WHERE product_id = $1
-		 RETURNING version, product_json(products)`,
-		id, f.Manufacturer, f.ProductName, f.Price.Amount, f.Price.Currency, f.UnitsAvailable).
+	err = tx.StmtContext(ctx, update).QueryRowContext(ctx,
+		id, f.Manufacturer, f.ProductName, f.Price.Amount, f.Price.Currency, f.UnitsAvailable, nil).
 		Scan(&r.Version, &r.JSON)
 	if err != nil {
 		return Record{}, fmt.Errorf("patch product %d: %w", id, err)
@@ -204,10 +264,11 @@ func (s *Store) Patch(ctx context.Context, id int64, p Patch, pre Precondition) 
 // Delete removes product id if it exists (ErrNotFound) and pre holds
 // (ErrPreconditionFailed).
 func (s *Store) Delete(ctx context.Context, id int64, pre Precondition) error {
-	res, err := s.db.ExecContext(ctx,
-		`DELETE FROM products
-		 WHERE product_id = $1 AND ($2::bigint[] IS NULL OR version = ANY($2::bigint[]))`,
-		id, pre.versions())
+	stmt, err := s.stmt(ctx, deleteQuery)
+	if err != nil {
+		return fmt.Errorf("delete product %d: %w", id, err)
+	}
+	res, err := stmt.ExecContext(ctx, id, pre.versions())
 	if err != nil {
 		return fmt.Errorf("delete product %d: %w", id, err)
 	}
@@ -225,7 +286,7 @@ func (s *Store) Delete(ctx context.Context, id int64, pre Precondition) error {
 // product is missing or at another version.
 func (s *Store) whyNoRow(ctx context.Context, id int64) error {
 	var version int64
-	err := s.db.QueryRowContext(ctx, `SELECT version FROM products WHERE product_id = $1`, id).Scan(&version)
+	err := s.queryRow(ctx, versionQuery, id).Scan(&version)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return ErrNotFound
