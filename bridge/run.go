@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,12 +9,12 @@ import (
 	"net/http"
 	"time"
 
-	_ "github.com/lib/pq" // the PostgreSQL driver
 	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/productwatch/productwatch/pkg/broker"
 	"github.com/productwatch/productwatch/pkg/health"
+	"github.com/productwatch/productwatch/pkg/postgres"
 	"github.com/productwatch/productwatch/pkg/schema"
 )
 
@@ -24,12 +23,11 @@ import (
 // cfg.MetricsAddr, and runs until ctx ends. It returns once everything it
 // started has stopped.
 func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
-	db, err := sql.Open("postgres", cfg.DatabaseURL)
+	db, err := postgres.Open(cfg.DatabaseURL, 4)
 	if err != nil {
-		return fmt.Errorf("database: %w", err)
+		return err
 	}
 	defer db.Close()
-	db.SetMaxOpenConns(4)
 	migrator, err := schema.New(db, logger)
 	if err != nil {
 		return err

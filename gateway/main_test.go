@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -39,25 +38,13 @@ func newTestGateway(t *testing.T, change func(*Config)) *testGateway {
 	if change != nil {
 		change(&cfg)
 	}
-	g, err := newGateway(cfg, pg.DB, testLogger(t))
+	g, err := newGateway(cfg, pg.DB, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(g.handler)
 	t.Cleanup(srv.Close)
 	return &testGateway{PG: pg, srv: srv, validator: apitest.NewValidator(t)}
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-// testWriter sends log lines to t.Log, so they show with the failing test.
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
 }
 
 // response is a finished HTTP exchange.

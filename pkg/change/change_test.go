@@ -1,0 +1,40 @@
+package change
+
+import (
+	"encoding/json"
+	"math"
+	"testing"
+)
+
+func TestSubject(t *testing.T) {
+	tests := []struct {
+		id   int64
+		want string
+	}{{1, "product.1"}, {42, "product.42"}, {math.MaxInt64, "product.9223372036854775807"}}
+	for _, tc := range tests {
+		if got := Subject(tc.id); got != tc.want {
+			t.Errorf("Subject(%d) = %q, want %q", tc.id, got, tc.want)
+		}
+	}
+	buf := make([]byte, 0, 64)
+	if allocs := testing.AllocsPerRun(100, func() { buf = AppendSubject(buf[:0], 12345) }); allocs != 0 {
+		t.Errorf("AppendSubject allocates %v times", allocs)
+	}
+}
+
+// TestEventShape pins the event's field names to the contract in DESIGN.md.
+func TestEventShape(t *testing.T) {
+	raw := `{"seq":123,"action":"UPDATE","productId":1,"version":7,"changedAt":"2026-11-25T01:02:03.456789Z",
+	 "product":{"productId":1,"manufacturer":"Apple","productName":"MacBook Pro","pricePerUnit":"500EUR","unitsAvailable":6,"version":7,"updatedAt":"2026-11-25T01:02:03.456Z"}}`
+	var ev Event
+	if err := json.Unmarshal([]byte(raw), &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Seq != 123 || ev.Action != Update || ev.ProductID != 1 || ev.Version != 7 || ev.ChangedAt.Nanosecond() != 456789000 || len(ev.Product) == 0 {
+		t.Errorf("decoded %+v", ev)
+	}
+	var n Notification
+	if err := json.Unmarshal([]byte(`{"seq":9,"productId":3,"ref":true}`), &n); err != nil || n != (Notification{Seq: 9, ProductID: 3, Ref: true}) {
+		t.Errorf("notification %+v %v", n, err)
+	}
+}
