@@ -7,10 +7,10 @@ BIN          := $(CURDIR)/bin
 STATICCHECK  := $(BIN)/staticcheck
 STATICCHECK_VERSION := v0.8.2
 FUZZTIME     ?= 30s
-BENCHTIME    ?= 3s
+BENCHTIME    ?= 5000x
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build run migrate test test-short lint fmt fuzz bench pgbench clean
+.PHONY: all build run migrate test test-short lint fmt fuzz bench clean
 
 all: lint test
 
@@ -53,15 +53,11 @@ fmt:
 fuzz:
 	$(GO) test ./pkg/product -run '^$$' -fuzz '^FuzzParsePrice$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/product -run '^$$' -fuzz '^FuzzDecodeInput$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/pgserver -run '^$$' -fuzz '^FuzzWithDatabase$$' -fuzztime $(FUZZTIME)
 
-## bench: the Go benchmarks, then the pgbench comparison of the write path
+## bench: the Go benchmarks (BenchmarkPgbenchUpdate runs pgbench beside the PUT path); see BENCHMARKS.md
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
-	$(MAKE) pgbench
-
-## pgbench: the same UPDATE as PUT /products/{id}, straight into PostgreSQL with pgbench
-pgbench:
-	$(GO) run ./deploy/devrun -pgbench
 
 clean:
 	rm -rf $(BIN)
