@@ -7,18 +7,18 @@ import (
 	"path/filepath"
 
 	"github.com/productwatch/productwatch/pkg/envflag"
+	"github.com/productwatch/productwatch/pkg/logging"
 )
 
 // Config is everything the bridge can be told, from flags or environment
 // variables (the README's configuration table lists them all).
 type Config struct {
-	DatabaseURL     string // DATABASE_URL
-	NATSURL         string // NATS_URL; empty: run an embedded nats-server
-	NATSEmbedListen string // NATS_EMBED_LISTEN, default 127.0.0.1:4222 (a free port when taken)
-	NATSStoreDir    string // NATS_STORE_DIR: JetStream storage of the embedded server
-	MetricsAddr     string // METRICS_ADDR: /healthz, /readyz, /metrics
-	LogLevel        string // LOG_LEVEL
-	LogFormat       string // LOG_FORMAT
+	DatabaseURL     string          // DATABASE_URL
+	NATSURL         string          // NATS_URL; empty: run an embedded nats-server
+	NATSEmbedListen string          // NATS_EMBED_LISTEN, default 127.0.0.1:4222 (a free port when taken)
+	NATSStoreDir    string          // NATS_STORE_DIR: JetStream storage of the embedded server
+	MetricsAddr     string          // METRICS_ADDR: /healthz, /readyz, /metrics
+	Log             logging.Options // LOG_LEVEL, LOG_FORMAT
 }
 
 const defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/productwatch?sslmode=disable"
@@ -32,8 +32,7 @@ func loadConfig(args []string) (Config, error) {
 	set.String(&cfg.NATSEmbedListen, "nats-embed-listen", "NATS_EMBED_LISTEN", "127.0.0.1:4222", "listen address of the embedded nats-server (a free port is used when this one is taken)")
 	set.String(&cfg.NATSStoreDir, "nats-store-dir", "NATS_STORE_DIR", filepath.Join(os.TempDir(), "productwatch-nats"), "JetStream storage directory of the embedded nats-server")
 	set.String(&cfg.MetricsAddr, "metrics-addr", "METRICS_ADDR", "127.0.0.1:9091", "address of the bridge's /healthz, /readyz and /metrics")
-	set.String(&cfg.LogLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
-	set.String(&cfg.LogFormat, "log-format", "LOG_FORMAT", "json", "json or text")
+	cfg.Log.Register(set)
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err

@@ -13,8 +13,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-
-	"github.com/productwatch/productwatch/pkg/logging"
 )
 
 func main() {
@@ -23,7 +21,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bridge:", err)
 		os.Exit(2)
 	}
-	logger, err := logging.New(os.Stderr, cfg.LogLevel, cfg.LogFormat)
+	logger, err := cfg.Log.New(os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bridge:", err)
 		os.Exit(2)

@@ -8,20 +8,20 @@ import (
 	"time"
 
 	"github.com/productwatch/productwatch/pkg/envflag"
+	"github.com/productwatch/productwatch/pkg/logging"
 )
 
 // Config is everything the gateway can be told, from flags or environment
 // variables (the README's configuration table lists them all).
 type Config struct {
-	DatabaseURL     string        // DATABASE_URL
-	ListenAddr      string        // LISTEN_ADDR, default :8443
-	TLSCert, TLSKey string        // TLS_CERT, TLS_KEY: PEM files; unset: self-signed
-	InsecureHTTP    bool          // INSECURE_HTTP: plain HTTP (and h2c) behind a TLS-terminating proxy
-	APIToken        string        // API_TOKEN: bearer token for writes; unset: writes refused
-	MaxBodyBytes    int64         // MAX_BODY_BYTES: request body limit, default 64 KiB
-	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT: how long in-flight requests get on SIGTERM
-	LogLevel        string        // LOG_LEVEL
-	LogFormat       string        // LOG_FORMAT
+	DatabaseURL     string          // DATABASE_URL
+	ListenAddr      string          // LISTEN_ADDR, default :8443
+	TLSCert, TLSKey string          // TLS_CERT, TLS_KEY: PEM files; unset: self-signed
+	InsecureHTTP    bool            // INSECURE_HTTP: plain HTTP (and h2c) behind a TLS-terminating proxy
+	APIToken        string          // API_TOKEN: bearer token for writes; unset: writes refused
+	MaxBodyBytes    int64           // MAX_BODY_BYTES: request body limit, default 64 KiB
+	ShutdownTimeout time.Duration   // SHUTDOWN_TIMEOUT: how long in-flight requests get on SIGTERM
+	Log             logging.Options // LOG_LEVEL, LOG_FORMAT
 }
 
 // defaultDatabaseURL is the local PostgreSQL service of a development machine.
@@ -39,8 +39,7 @@ func loadConfig(args []string) (Config, error) {
 	set.String(&cfg.APIToken, "api-token", "API_TOKEN", "", "bearer token required by POST/PUT/PATCH/DELETE; unset: writes answer 401")
 	set.Int64(&cfg.MaxBodyBytes, "max-body-bytes", "MAX_BODY_BYTES", 64<<10, "largest accepted request body in bytes")
 	set.Duration(&cfg.ShutdownTimeout, "shutdown-timeout", "SHUTDOWN_TIMEOUT", 15*time.Second, "how long in-flight requests may take to finish on shutdown")
-	set.String(&cfg.LogLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
-	set.String(&cfg.LogFormat, "log-format", "LOG_FORMAT", "json", "json or text")
+	cfg.Log.Register(set)
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err

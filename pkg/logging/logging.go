@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+
+	"github.com/productwatch/productwatch/pkg/envflag"
 )
 
 // New returns a logger writing to w. level is debug, info (default), warn or
@@ -26,3 +28,18 @@ func New(w io.Writer, level, format string) (*slog.Logger, error) {
 		return nil, fmt.Errorf("log format %q: want json or text", format)
 	}
 }
+
+// Options are the logging settings every productwatch program takes.
+type Options struct {
+	Level  string // LOG_LEVEL: debug, info (default), warn, error
+	Format string // LOG_FORMAT: json (default) or text
+}
+
+// Register defines -log-level and -log-format (LOG_LEVEL, LOG_FORMAT) on set.
+func (o *Options) Register(set *envflag.Set) {
+	set.String(&o.Level, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
+	set.String(&o.Format, "log-format", "LOG_FORMAT", "json", "json or text")
+}
+
+// New returns the logger the options describe, writing to w.
+func (o Options) New(w io.Writer) (*slog.Logger, error) { return New(w, o.Level, o.Format) }
