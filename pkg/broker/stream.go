@@ -1,0 +1,100 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/productwatch/productwatch/pkg/change"
+)
+
+// StreamName is the JetStream stream that holds every product change, on
+// subjects product.<id>.
+const StreamName = "PRODUCTS"
+
+// StreamOptions are the operator's knobs of the PRODUCTS stream.
+type StreamOptions struct {
+	// DuplicateWindow is how long JetStream remembers a Nats-Msg-Id (the
+	// change's seq) to drop a republished change. Default 2 minutes.
+	DuplicateWindow time.Duration
+	// MaxAge is how long changes stay in the stream. Default 24 hours.
+	MaxAge time.Duration
+	// History is how many changes per product the stream keeps (the last
+	// one is the product's current state). Default 8.
+	History int64
+	// Replicas is the number of copies in a NATS cluster. Default 1.
+	Replicas int
+}
+
+// DefaultStreamOptions returns the defaults documented on [StreamOptions].
+func DefaultStreamOptions() StreamOptions {
+	return StreamOptions{DuplicateWindow: 2 * time.Minute, MaxAge: 24 * time.Hour, History: 8, Replicas: 1}
+}
+
+// StreamConfig returns the configuration of the PRODUCTS stream: file
+// storage, limits retention, direct get allowed (so the latest state of a
+// product can be read by subject from any replica).
+func StreamConfig(o StreamOptions) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:              StreamName,
+		Description:       "productwatch: every committed product change, on product.<id>, Nats-Msg-Id = change seq",
+		Subjects:          []string{change.SubjectPrefix + "*"},
+		Retention:         jetstream.LimitsPolicy,
+		Storage:           jetstream.FileStorage,
+		Discard:           jetstream.DiscardOld,
+		MaxAge:            o.MaxAge,
+		MaxMsgsPerSubject: o.History,
+		Duplicates:        o.DuplicateWindow,
+		Replicas:          o.Replicas,
+		AllowDirect:       true,
+	}
+}
+
+// EnsureStream creates the PRODUCTS stream, or updates it to o when it
+// exists.
+func EnsureStream(ctx context.Context, js jetstream.StreamManager, o StreamOptions) (jetstream.Stream, error) {
+	stream, err := js.CreateOrUpdateStream(ctx, StreamConfig(o))
+	if err != nil {
+		return nil, fmt.Errorf("create or update stream %s: %w", StreamName, err)
+	}
+	return stream, nil
+}
+
+// Connect connects to the NATS servers in url (comma-separated) and keeps
+// reconnecting forever, logging every disconnect and reconnect. onReconnect,
+// when not nil, is called after each reconnect (for a metric). The first
+// connection is retried in the background too (RetryOnFailedConnect), so a
+// process can start before NATS does.
+func Connect(url, name string, logger *slog.Logger, onReconnect func()) (*nats.Conn, error) {
+	nc, err := nats.Connect(url,
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.RetryOnFailedConnect(true),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.ReconnectJitter(100*time.Millisecond, time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			logger.Warn("NATS disconnected", "err", err)
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			logger.Info("NATS reconnected", "url", c.ConnectedUrlRedacted())
+			if onReconnect != nil {
+				onReconnect()
+			}
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			logger.Error("NATS error", "subject", subject, "err", err)
+		}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS %s: %w", url, err)
+	}
+	return nc, nil
+}
