@@ -25,12 +25,12 @@ func TestRunEmbedded(t *testing.T) {
 	}
 	metricsAddr := ln.Addr().String()
 	ln.Close()
-	cfg := Config{
-		DatabaseURL:     pg.DSN,
-		NATSEmbedListen: "127.0.0.1:0",
-		NATSStoreDir:    t.TempDir(),
-		MetricsAddr:     metricsAddr,
+	cfg, err := loadConfig(nil)
+	if err != nil {
+		t.Fatal(err)
 	}
+	cfg.DatabaseURL, cfg.NATSURL = pg.DSN, ""
+	cfg.NATSEmbedListen, cfg.NATSStoreDir, cfg.MetricsAddr = "127.0.0.1:0", t.TempDir(), metricsAddr
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, cfg, testenv.Logger(t)) }()

@@ -15,13 +15,16 @@
 CREATE SEQUENCE product_change_wakeup AS integer MINVALUE 1 MAXVALUE 2 START 2 NO CYCLE;
 
 -- bridge_cursor: every change with seq <= cursor_seq has been acknowledged by
--- JetStream (or can never appear). One row.
+-- JetStream (or can never appear); published_high is the highest seq
+-- acknowledged, so a restarted bridge knows up to where it must check the
+-- stream before publishing again. One row.
 CREATE TABLE bridge_cursor (
-    id         integer     PRIMARY KEY DEFAULT 1 CHECK (id = 1),
-    cursor_seq bigint      NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now()
+    id             integer     PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    cursor_seq     bigint      NOT NULL,
+    published_high bigint      NOT NULL,
+    updated_at     timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO bridge_cursor (cursor_seq) VALUES (0);
+INSERT INTO bridge_cursor (cursor_seq, published_high) VALUES (0, 0);
 
 CREATE OR REPLACE FUNCTION notify_event_on_products_update() RETURNS trigger
 LANGUAGE plpgsql AS $$

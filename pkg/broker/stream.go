@@ -77,7 +77,9 @@ func Connect(url, name string, logger *slog.Logger, onReconnect func()) (*nats.C
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.ReconnectJitter(100*time.Millisecond, time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			logger.Warn("NATS disconnected", "err", err)
+			if err != nil { // nil: the connection was closed on purpose
+				logger.Warn("NATS disconnected", "err", err)
+			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			logger.Info("NATS reconnected", "url", c.ConnectedUrlRedacted())

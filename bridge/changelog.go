@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"fmt"
+	"strconv"
+
+	"github.com/lib/pq"
+)
+
+// snapshot is the part of a PostgreSQL snapshot the relay reasons with.
+// Every transaction with an id below xmin has ended; every id at or above
+// xmax was assigned after the snapshot was taken.
+type snapshot struct {
+	xmin, xmax uint64
+}
+
+// gap is a range of seqs that the log did not show although later seqs were
+// visible: they belong to transactions still in flight, or to transactions
+// that rolled back (sequences do not roll back). xmax is that of the
+// snapshot in which the gap was first seen: once every transaction below it
+// has ended, whatever of the gap is still invisible never will be visible.
+type gap struct {
+	lo, hi int64
+	xmax   uint64
+}
+
+// logReader reads the change log and keeps the bridge's state in the
+// database, on a connection of its own (session settings, no pool churn). A
+// broken connection is closed and a new one opened on the next call.
+type logReader struct {
+	db   *sql.DB
+	conn *sql.Conn // nil when closed
+}
+
+// open takes a connection from the pool, unless one is open. The session
+// commits asynchronously: it only writes the cursor, and a cursor lost in a
+// database crash only means checking a few changes against the stream again.
+func (lr *logReader) open(ctx context.Context) error {
+	if lr.conn != nil {
+		return nil
+	}
+	conn, err := lr.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("change log connection: %w", err)
+	}
+	if _, err := conn.ExecContext(ctx, `SET synchronous_commit = off`); err != nil {
+		conn.Close()
+		return fmt.Errorf("change log connection: %w", err)
+	}
+	lr.conn = conn
+	return nil
+}
+
+// close discards the connection.
+func (lr *logReader) close() {
+	if lr.conn != nil {
+		// Never back to the pool: it may be broken, and its session commits
+		// asynchronously, which no other user of the pool should inherit.
+		_ = lr.conn.Raw(func(any) error { return driver.ErrBadConn })
+		lr.conn.Close()
+		lr.conn = nil
+	}
+}
+
+// read returns, in one REPEATABLE READ snapshot: the snapshot itself, the
+// visible changes in the gaps (all of them), and up to limit visible changes
+// above high, each in seq order.
+func (lr *logReader) read(ctx context.Context, high int64, gaps []gap, limit int) (snap snapshot, gapRows, rows []changeRow, err error) {
+	tx, err := lr.conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+	if err != nil {
+		return snapshot{}, nil, nil, fmt.Errorf("read change log: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // read-only; Commit below ends it
+
+	if snap, err = scanSnapshot(tx.QueryRowContext(ctx, snapshotQuery)); err != nil {
+		return snapshot{}, nil, nil, err
+	}
+
+	if len(gaps) > 0 {
+		los, his := make([]int64, len(gaps)), make([]int64, len(gaps))
+		for i, g := range gaps {
+			los[i], his[i] = g.lo, g.hi
+		}
+		if gapRows, err = queryRows(ctx, tx,
+			`SELECT c.seq, c.product_id, c.changed_at, c.event::text
+			 FROM product_changes c JOIN unnest($1::bigint[], $2::bigint[]) AS g(lo, hi) ON c.seq BETWEEN g.lo AND g.hi
+			 ORDER BY c.seq`, pq.Array(los), pq.Array(his)); err != nil {
+			return snapshot{}, nil, nil, fmt.Errorf("read gaps: %w", err)
+		}
+	}
+	if rows, err = queryRows(ctx, tx,
+		`SELECT seq, product_id, changed_at, event::text FROM product_changes
+		 WHERE seq > $1 ORDER BY seq LIMIT $2`, high, limit); err != nil {
+		return snapshot{}, nil, nil, fmt.Errorf("read changes after %d: %w", high, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return snapshot{}, nil, nil, fmt.Errorf("read change log: %w", err)
+	}
+	return snap, gapRows, rows, nil
+}
+
+func queryRows(ctx context.Context, tx *sql.Tx, query string, args ...any) ([]changeRow, error) {
+	rs, err := tx.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	var out []changeRow
+	for rs.Next() {
+		var r changeRow
+		if err := rs.Scan(&r.seq, &r.productID, &r.changedAt, &r.event); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rs.Err()
+}
+
+// loadCursor reads the persisted cursor and published high.
+func (lr *logReader) loadCursor(ctx context.Context) (cursor, publishedHigh int64, err error) {
+	err = lr.conn.QueryRowContext(ctx, `SELECT cursor_seq, published_high FROM bridge_cursor WHERE id = 1`).Scan(&cursor, &publishedHigh)
+	if err != nil {
+		return 0, 0, fmt.Errorf("load bridge cursor: %w", err)
+	}
+	return cursor, publishedHigh, nil
+}
+
+// saveCursor persists the cursor (asynchronously committed, see open).
+func (lr *logReader) saveCursor(ctx context.Context, cursor, publishedHigh int64) error {
+	_, err := lr.conn.ExecContext(ctx,
+		`UPDATE bridge_cursor SET cursor_seq = $1, published_high = greatest(published_high, $2), updated_at = now() WHERE id = 1`,
+		cursor, publishedHigh)
+	if err != nil {
+		return fmt.Errorf("save bridge cursor %d: %w", cursor, err)
+	}
+	return nil
+}
+
+// setWakeup asks writers to NOTIFY (true) or not (false). The flag is a
+// sequence, changed with setval, which takes effect at once and for every
+// transaction (see migrations/00002_bridge.sql).
+func (lr *logReader) setWakeup(ctx context.Context, wanted bool) (snapshot, error) {
+	value := 1
+	if wanted {
+		value = 2
+	}
+	if _, err := lr.conn.ExecContext(ctx, `SELECT setval('product_change_wakeup', $1)`, value); err != nil {
+		return snapshot{}, fmt.Errorf("set wake-up flag: %w", err)
+	}
+	// The snapshot taken after the switch: transactions that may have read
+	// the old value all have ids below its xmax.
+	return scanSnapshot(lr.conn.QueryRowContext(ctx, snapshotQuery))
+}
+
+const snapshotQuery = `SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text FROM pg_current_snapshot() AS s`
+
+// scanSnapshot reads the result of snapshotQuery (xid8 travels as text).
+func scanSnapshot(row *sql.Row) (snapshot, error) {
+	var xmin, xmax string
+	if err := row.Scan(&xmin, &xmax); err != nil {
+		return snapshot{}, fmt.Errorf("read snapshot: %w", err)
+	}
+	var snap snapshot
+	var err error
+	if snap.xmin, err = strconv.ParseUint(xmin, 10, 64); err != nil {
+		return snapshot{}, fmt.Errorf("snapshot xmin %q: %w", xmin, err)
+	}
+	if snap.xmax, err = strconv.ParseUint(xmax, 10, 64); err != nil {
+		return snapshot{}, fmt.Errorf("snapshot xmax %q: %w", xmax, err)
+	}
+	return snap, nil
+}

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// bridgeMetrics are the bridge's Prometheus metrics. Counters and gauges are
+// safe for concurrent use.
+type bridgeMetrics struct {
+	changesPublished  prometheus.Counter
+	duplicates        prometheus.Counter
+	skippedPublished  prometheus.Counter
+	publishFailures   prometheus.Counter
+	publishLatency    prometheus.Histogram
+	lagChanges        prometheus.Gauge
+	lagSeconds        prometheus.Gauge
+	cursor            prometheus.Gauge
+	polls             *prometheus.CounterVec
+	listenerReconnect prometheus.Counter
+	natsReconnects    prometheus.Counter
+	leader            prometheus.Gauge
+	wakeupWanted      prometheus.Gauge
+	notifyQueueUsage  prometheus.Gauge
+	pruned            prometheus.Counter
+}
+
+func newBridgeMetrics(reg prometheus.Registerer) *bridgeMetrics {
+	const ns = "productwatch_bridge_"
+	m := &bridgeMetrics{
+		changesPublished: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "changes_published_total",
+			Help: "Changes acknowledged by JetStream."}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "duplicates_total",
+			Help: "Publishes JetStream acknowledged as duplicates (same Nats-Msg-Id within the duplicate window)."}),
+		skippedPublished: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "already_in_stream_total",
+			Help: "Changes not republished because the stream already held them (checked after a restart or a failed publish)."}),
+		publishFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "publish_failures_total",
+			Help: "Publishes that failed or timed out and were retried."}),
+		publishLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: ns + "publish_latency_seconds",
+			Help:    "From the change's commit-time clock (changedAt) to the JetStream acknowledgement.",
+			Buckets: []float64{.0005, .001, .002, .003, .005, .0075, .01, .025, .05, .1, .25, .5, 1, 5}}),
+		lagChanges: prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "lag_changes",
+			Help: "Committed changes not yet acknowledged by JetStream (sampled)."}),
+		lagSeconds: prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "lag_seconds",
+			Help: "Age of the oldest committed change not yet acknowledged (sampled; 0 when none)."}),
+		cursor: prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "cursor_seq",
+			Help: "Every change up to this seq is in JetStream."}),
+		polls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "polls_total",
+			Help: "Reads of the change log, by what started them (flowing, wakeup, safety, reconnect)."}, []string{"reason"}),
+		listenerReconnect: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "listener_reconnects_total",
+			Help: "Reconnections of the LISTEN connection to PostgreSQL."}),
+		natsReconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "nats_reconnects_total",
+			Help: "Reconnections to NATS."}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "leader",
+			Help: "1 while this bridge holds the leader lock and publishes, 0 on standby."}),
+		wakeupWanted: prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "wakeup_wanted",
+			Help: "1 while writers are asked to NOTIFY (the bridge is idle), 0 while it reads the log continuously."}),
+		notifyQueueUsage: prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "notification_queue_usage",
+			Help: "pg_notification_queue_usage(): fraction of PostgreSQL's NOTIFY queue in use. Alert well below 1: a full queue stalls every commit that notifies."}),
+		pruned: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "pruned_total",
+			Help: "Change log rows deleted past the retention window."}),
+	}
+	reg.MustRegister(m.changesPublished, m.duplicates, m.skippedPublished, m.publishFailures, m.publishLatency,
+		m.lagChanges, m.lagSeconds, m.cursor, m.polls, m.listenerReconnect, m.natsReconnects, m.leader,
+		m.wakeupWanted, m.notifyQueueUsage, m.pruned)
+	return m
+}
+
+// published records an acknowledged change.
+func (m *bridgeMetrics) published(r changeRow, duplicate bool) {
+	m.changesPublished.Inc()
+	if duplicate {
+		m.duplicates.Inc()
+	}
+	m.publishLatency.Observe(time.Since(r.changedAt).Seconds())
+}

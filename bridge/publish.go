@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/productwatch/productwatch/pkg/change"
+)
+
+// changeRow is one row of the change log, as the bridge forwards it.
+type changeRow struct {
+	seq       int64
+	productID int64
+	changedAt time.Time
+	event     []byte // the event JSON exactly as the trigger built it
+}
+
+// asyncPublisher is the part of JetStream the publisher uses.
+type asyncPublisher interface {
+	PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error)
+}
+
+// lastBySubject reads the newest message of a subject (direct get).
+type lastBySubject interface {
+	GetLastMsgForSubject(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error)
+}
+
+// publisher sends change rows to JetStream: asynchronously, at most
+// maxInFlight unacknowledged, and per product strictly one at a time, so a
+// product's changes reach the stream in version order even when a publish
+// fails and is retried. It is used by one goroutine at a time.
+type publisher struct {
+	js          asyncPublisher
+	stream      lastBySubject
+	maxInFlight int
+	logger      *slog.Logger
+	metrics     *bridgeMetrics
+
+	// reused between waves; owned by the publishing goroutine
+	inWave  map[int64]bool
+	blocked map[int64]bool
+}
+
+func newPublisher(js asyncPublisher, stream lastBySubject, maxInFlight int, logger *slog.Logger, metrics *bridgeMetrics) *publisher {
+	return &publisher{js: js, stream: stream, maxInFlight: maxInFlight, logger: logger, metrics: metrics,
+		inWave: make(map[int64]bool), blocked: make(map[int64]bool)}
+}
+
+// publish sends rows, which are in seq order, and returns once JetStream has
+// acknowledged every one of them, retrying with backoff until then. It only
+// fails when ctx ends. When verify reports true for a row's seq, the stream
+// is asked first whether the row is already there (it may have been
+// published before a crash or a lost acknowledgement, longer ago than the
+// duplicate window), and the row is skipped if it is.
+func (p *publisher) publish(ctx context.Context, rows []changeRow, verify func(seq int64) bool) error {
+	pending := rows
+	for len(pending) > 0 {
+		wave, rest := p.nextWave(pending)
+		if err := p.sendWave(ctx, wave, verify); err != nil {
+			return err
+		}
+		pending = rest
+	}
+	return nil
+}
+
+// nextWave takes from rows, in order, at most maxInFlight rows of distinct
+// products; a row whose product already has one in the wave waits for the
+// next wave, and so does every later row of that product.
+func (p *publisher) nextWave(rows []changeRow) (wave, rest []changeRow) {
+	clear(p.inWave)
+	clear(p.blocked)
+	for i, r := range rows {
+		if len(wave) == p.maxInFlight {
+			return wave, append(rest, rows[i:]...)
+		}
+		if p.inWave[r.productID] || p.blocked[r.productID] {
+			p.blocked[r.productID] = true
+			rest = append(rest, r)
+			continue
+		}
+		p.inWave[r.productID] = true
+		wave = append(wave, r)
+	}
+	return wave, rest
+}
+
+// sendWave publishes rows (one per product) and waits for every
+// acknowledgement, republishing the failed ones (after asking the stream
+// whether they arrived after all) until none is left.
+func (p *publisher) sendWave(ctx context.Context, rows []changeRow, verify func(seq int64) bool) error {
+	backoff := 50 * time.Millisecond
+	for attempt := 0; len(rows) > 0; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 2*time.Second)
+		}
+		var err error
+		if rows, err = p.skipPublished(ctx, rows, attempt > 0, verify); err != nil {
+			p.logger.Warn("checking the stream before republishing failed; retrying", "err", err)
+			continue
+		}
+		futures := make([]jetstream.PubAckFuture, len(rows))
+		failed := rows[:0:0]
+		for i, r := range rows {
+			futures[i], err = p.js.PublishMsgAsync(newMsg(r))
+			if err != nil {
+				failed = append(failed, rows[i:]...)
+				futures = futures[:i]
+				break
+			}
+		}
+		for i, f := range futures {
+			select {
+			case ack := <-f.Ok():
+				p.metrics.published(rows[i], ack.Duplicate)
+			case err = <-f.Err():
+				failed = append(failed, rows[i])
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if len(failed) > 0 {
+			p.metrics.publishFailures.Add(float64(len(failed)))
+			p.logger.Warn("JetStream publish failed; retrying", "failed", len(failed), "first_seq", failed[0].seq, "err", err, "retry_in", backoff)
+		}
+		rows = failed
+	}
+	return nil
+}
+
+// skipPublished drops the rows the stream already holds, when always is set
+// or verify asks for the row's seq.
+func (p *publisher) skipPublished(ctx context.Context, rows []changeRow, always bool, verify func(seq int64) bool) ([]changeRow, error) {
+	kept := rows[:0:0]
+	for _, r := range rows {
+		if !always && (verify == nil || !verify(r.seq)) {
+			kept = append(kept, r)
+			continue
+		}
+		there, err := p.inStream(ctx, r)
+		if err != nil {
+			return nil, err
+		}
+		if there {
+			p.metrics.skippedPublished.Inc()
+			continue
+		}
+		kept = append(kept, r)
+	}
+	return kept, nil
+}
+
+// inStream reports whether the stream already holds r: the newest message of
+// r's subject carries a seq of r's or later (a product's changes are
+// published in order, so an older one is there if a newer one is).
+func (p *publisher) inStream(ctx context.Context, r changeRow) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	msg, err := p.stream.GetLastMsgForSubject(ctx, change.Subject(r.productID))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("last message of %s: %w", change.Subject(r.productID), err)
+	}
+	seq, err := strconv.ParseInt(msg.Header.Get(jetstream.MsgIDHeader), 10, 64)
+	if err != nil {
+		return false, fmt.Errorf("last message of %s has no seq in %s", change.Subject(r.productID), jetstream.MsgIDHeader)
+	}
+	return seq >= r.seq, nil
+}
+
+// newMsg builds the JetStream message of a change: its subject, the event
+// bytes as they are, and the seq as Nats-Msg-Id for deduplication.
+func newMsg(r changeRow) *nats.Msg {
+	return &nats.Msg{
+		Subject: change.Subject(r.productID),
+		Data:    r.event,
+		Header:  nats.Header{jetstream.MsgIDHeader: []string{strconv.FormatInt(r.seq, 10)}},
+	}
+}

@@ -1,0 +1,311 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"time"
+)
+
+// The relay's modes. While changes flow it reads the change log every
+// pollInterval and writers do not NOTIFY (the flag is off): NOTIFY would
+// serialise their commits. When the log stays empty for idleAfter it turns
+// the flag on, keeps reading until every transaction that might have read the
+// flag as off has ended, and then waits for a notification (or the safety
+// poll) before reading again.
+type relayMode int
+
+const (
+	modeFlowing   relayMode = iota // flag off, reading continuously
+	modeSwitching                  // flag on, reading until the switch is safe
+	modeIdle                       // flag on, waiting for a wake-up
+)
+
+// relayConfig are the relay's knobs (see Config).
+type relayConfig struct {
+	batchSize          int
+	pollInterval       time.Duration
+	idleAfter          time.Duration
+	safetyPollInterval time.Duration
+}
+
+// relay carries the change log to JetStream for as long as its bridge leads.
+// All its state is owned by the goroutine that calls run.
+type relay struct {
+	cfg     relayConfig
+	reader  *logReader
+	pub     *publisher
+	wake    <-chan string // from the listener: "wakeup" or "reconnect"
+	logger  *slog.Logger
+	metrics *bridgeMetrics
+	high    *atomic.Int64 // published high, shared with the lag sampler
+
+	cursor      int64 // every change with seq <= cursor is in JetStream (or never will be)
+	highSeq     int64 // the highest seq read and published
+	gaps        []gap // ranges in (cursor, highSeq] not seen yet, in order
+	savedCursor int64
+	savedHigh   int64
+	verifyUpTo  int64 // rows up to this seq may already be in the stream (published before a restart)
+	verifyExtra int   // and so may this many rows above it
+
+	mode        relayMode
+	switchXmax  uint64
+	lastChange  time.Time
+	safetyTimer *time.Timer
+}
+
+// run relays until ctx ends (it then returns ctx's error) or the database
+// cannot be read at start.
+func (r *relay) run(ctx context.Context) error {
+	if err := r.reader.open(ctx); err != nil {
+		return err
+	}
+	defer r.reader.close()
+	cursor, publishedHigh, err := r.reader.loadCursor(ctx)
+	if err != nil {
+		return err
+	}
+	r.cursor, r.highSeq, r.savedCursor, r.savedHigh = cursor, cursor, cursor, publishedHigh
+	r.verifyUpTo, r.verifyExtra = publishedHigh, 4*r.cfg.batchSize
+	r.high.Store(cursor)
+	r.metrics.cursor.Set(float64(cursor))
+	r.logger.Info("relaying changes", "cursor", cursor, "published_high", publishedHigh)
+
+	// Start by reading continuously: writers need not notify meanwhile.
+	if err := r.setMode(ctx, modeFlowing); err != nil {
+		return err
+	}
+	r.lastChange = time.Now()
+	r.safetyTimer = time.NewTimer(r.cfg.safetyPollInterval)
+	defer r.safetyTimer.Stop()
+
+	reason := "start"
+	backoff := 100 * time.Millisecond
+	for {
+		n, snap, err := r.step(ctx, reason)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			r.logger.Warn("relaying changes failed; retrying", "err", err, "retry_in", backoff)
+			r.reader.close() // a fresh connection next time: this one may be dead
+			if !sleep(ctx, backoff) {
+				return ctx.Err()
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			reason = "retry"
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		if reason, err = r.next(ctx, n, snap); err != nil {
+			return err
+		}
+	}
+}
+
+// next moves the mode machine after a read that found n changes in
+// snapshot snap, waits as the new mode says, and returns why the next read
+// happens.
+func (r *relay) next(ctx context.Context, n int, snap snapshot) (string, error) {
+	now := time.Now()
+	if n > 0 {
+		r.lastChange = now
+		if r.mode != modeFlowing {
+			if err := r.setMode(ctx, modeFlowing); err != nil {
+				return "", err
+			}
+		}
+		if n >= r.cfg.batchSize {
+			return "flowing", nil // more is waiting: read again at once
+		}
+	}
+	switch r.mode {
+	case modeFlowing:
+		if n == 0 && now.Sub(r.lastChange) >= r.cfg.idleAfter {
+			if err := r.setMode(ctx, modeSwitching); err != nil {
+				return "", err
+			}
+			return "switching", nil
+		}
+	case modeSwitching:
+		// This read saw nothing, and its snapshot is later than the end of
+		// every transaction that may have read the flag as off: whatever
+		// commits from now on notifies.
+		if snap.xmin >= r.switchXmax {
+			if err := r.setMode(ctx, modeIdle); err != nil {
+				return "", err
+			}
+			return r.waitWakeup(ctx)
+		}
+	case modeIdle:
+		return r.waitWakeup(ctx)
+	}
+	if !sleep(ctx, r.cfg.pollInterval) {
+		return "", ctx.Err()
+	}
+	return r.mode.String(), nil
+}
+
+// waitWakeup waits for a notification, a listener reconnect or the safety
+// poll.
+func (r *relay) waitWakeup(ctx context.Context) (string, error) {
+	select {
+	case <-ctx.Done():
+		return "", ctx.Err()
+	case reason := <-r.wake:
+		return reason, nil
+	case <-r.safetyTimer.C:
+		r.safetyTimer.Reset(r.cfg.safetyPollInterval)
+		return "safety", nil
+	}
+}
+
+// setMode switches mode, turning the writers' wake-up flag on or off.
+func (r *relay) setMode(ctx context.Context, m relayMode) error {
+	switch m {
+	case modeFlowing:
+		if _, err := r.reader.setWakeup(ctx, false); err != nil {
+			return err
+		}
+		r.metrics.wakeupWanted.Set(0)
+	case modeSwitching:
+		snap, err := r.reader.setWakeup(ctx, true)
+		if err != nil {
+			return err
+		}
+		r.switchXmax = snap.xmax
+		r.metrics.wakeupWanted.Set(1)
+	case modeIdle:
+	}
+	if m != r.mode {
+		r.logger.Debug("relay mode", "mode", m)
+	}
+	r.mode = m
+	return nil
+}
+
+// step reads what the change log shows beyond the cursor, publishes it and
+// advances the cursor. It returns how many changes it published and the
+// snapshot it read them in.
+func (r *relay) step(ctx context.Context, reason string) (int, snapshot, error) {
+	r.metrics.polls.WithLabelValues(reason).Inc()
+	if err := r.reader.open(ctx); err != nil {
+		return 0, snapshot{}, err
+	}
+	snap, gapRows, rows, err := r.reader.read(ctx, r.highSeq, r.gaps, r.cfg.batchSize)
+	if err != nil {
+		return 0, snapshot{}, err
+	}
+	// Gap rows all have seqs below highSeq, the new rows above it: together
+	// they are in seq order, which per product is version order.
+	all := append(gapRows, rows...)
+	if err := r.pub.publish(ctx, all, r.mayBePublished); err != nil {
+		return 0, snapshot{}, err
+	}
+	r.fillGaps(gapRows)
+	r.extend(rows, snap.xmax)
+	r.settleGaps(snap.xmin)
+	if err := r.saveCursor(ctx); err != nil {
+		return 0, snapshot{}, err
+	}
+	return len(all), snap, nil
+}
+
+// mayBePublished tells the publisher which rows to look for in the stream
+// first: those a previous leader may have published (up to its last
+// recorded high, and a margin beyond it for the batch it had in flight).
+func (r *relay) mayBePublished(seq int64) bool {
+	if seq <= r.verifyUpTo {
+		return true
+	}
+	if r.verifyExtra > 0 {
+		r.verifyExtra--
+		return true
+	}
+	return false
+}
+
+// fillGaps removes the seqs of rows (sorted) from the gaps.
+func (r *relay) fillGaps(rows []changeRow) {
+	if len(rows) == 0 {
+		return
+	}
+	kept := r.gaps[:0:0]
+	i := 0
+	for _, g := range r.gaps {
+		lo := g.lo
+		for ; i < len(rows) && rows[i].seq <= g.hi; i++ {
+			if rows[i].seq < lo {
+				continue
+			}
+			if rows[i].seq > lo {
+				kept = append(kept, gap{lo: lo, hi: rows[i].seq - 1, xmax: g.xmax})
+			}
+			lo = rows[i].seq + 1
+		}
+		if lo <= g.hi {
+			kept = append(kept, gap{lo: lo, hi: g.hi, xmax: g.xmax})
+		}
+	}
+	r.gaps = kept
+}
+
+// extend records rows (sorted, all above highSeq) as published, and the
+// seqs they skipped as gaps first seen in a snapshot with the given xmax.
+func (r *relay) extend(rows []changeRow, xmax uint64) {
+	for _, row := range rows {
+		if row.seq > r.highSeq+1 {
+			r.gaps = append(r.gaps, gap{lo: r.highSeq + 1, hi: row.seq - 1, xmax: xmax})
+		}
+		r.highSeq = row.seq
+	}
+	r.high.Store(r.highSeq)
+}
+
+// settleGaps drops the gaps whose transactions have all ended by a snapshot
+// with the given xmin: the rows of theirs that were visible in it have been
+// read (the gap query has no limit), so the rest never will be.
+func (r *relay) settleGaps(xmin uint64) {
+	kept := r.gaps[:0]
+	for _, g := range r.gaps {
+		if xmin < g.xmax {
+			kept = append(kept, g)
+		}
+	}
+	r.gaps = kept
+	if len(r.gaps) == 0 {
+		r.cursor = r.highSeq
+	} else {
+		r.cursor = r.gaps[0].lo - 1
+	}
+}
+
+// saveCursor persists the cursor when it moved.
+func (r *relay) saveCursor(ctx context.Context) error {
+	if r.cursor == r.savedCursor && r.highSeq <= r.savedHigh {
+		return nil
+	}
+	if err := r.reader.saveCursor(ctx, r.cursor, r.highSeq); err != nil {
+		return err
+	}
+	r.savedCursor, r.savedHigh = r.cursor, max(r.savedHigh, r.highSeq)
+	r.metrics.cursor.Set(float64(r.cursor))
+	return nil
+}
+
+// sleep waits d, or less when ctx ends first; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// String names a mode in logs and metrics.
+func (m relayMode) String() string {
+	return [...]string{"flowing", "switching", "idle"}[m]
+}
