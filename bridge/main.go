@@ -2,9 +2,10 @@
 // product change from PostgreSQL's change log to the JetStream stream
 // PRODUCTS. main only reads the configuration and calls Run.
 //
-// For now the bridge migrates the database, runs the embedded NATS server
-// when NATS_URL is unset, and serves its probes and metrics; publishing lands
-// with the bridge issue (see the README).
+// It also migrates the database, runs an embedded nats-server when NATS_URL
+// is unset, and serves /healthz, /readyz and /metrics on METRICS_ADDR. How it
+// keeps every change exactly once and in order is in relay.go and the
+// README.
 package main
 
 import (

@@ -109,7 +109,13 @@ func (r *relay) run(ctx context.Context) error {
 func (r *relay) next(ctx context.Context, n int, snap snapshot) (string, error) {
 	now := time.Now()
 	if n > 0 {
+		sinceLast := now.Sub(r.lastChange)
 		r.lastChange = now
+		if r.mode == modeIdle && sinceLast >= r.cfg.idleAfter && n < r.cfg.batchSize {
+			// A trickle: one wake-up per change costs less than reading
+			// continuously, so stay idle until changes come faster.
+			return r.waitWakeup(ctx)
+		}
 		if r.mode != modeFlowing {
 			if err := r.setMode(ctx, modeFlowing); err != nil {
 				return "", err

@@ -308,5 +308,10 @@ Create a product, then list them:
   curl -k -X POST %[1]s/products -H 'Authorization: Bearer %[2]s' -H 'Content-Type: application/json' -d '%[5]s'
   curl -k %[1]s/products
 
+Watch the changes arrive in JetStream (make tools installs the nats CLI into bin/):
+
+  bin/nats --server %[3]s sub 'product.>'
+  bin/nats --server %[3]s stream info PRODUCTS
+
 `, gatewayURL, token, natsURL, metricsAddr, body)
 }
