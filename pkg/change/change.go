@@ -9,6 +9,7 @@
 package change
 
 import (
+	"bytes"
 	"encoding/json"
 	"strconv"
 	"time"
@@ -61,4 +62,27 @@ type Notification struct {
 	Seq       int64 `json:"seq"`
 	ProductID int64 `json:"productId"`
 	Ref       bool  `json:"ref"`
+}
+
+// versionKey is how the trigger writes the event's version: right after
+// productId and before the product object, so its first occurrence is the
+// top-level one (TestEventVersion holds the trigger to that).
+var versionKey = []byte(`,"version":`)
+
+// EventVersion returns the version of an event or snapshot as the database
+// encodes it, without decoding the JSON: gateways read it for every delivery
+// to keep each client's versions increasing. ok is false when the bytes
+// carry no version.
+func EventVersion(event []byte) (version int64, ok bool) {
+	i := bytes.Index(event, versionKey)
+	if i < 0 {
+		return 0, false
+	}
+	digits := event[i+len(versionKey):]
+	n := 0
+	for n < len(digits) && n < 19 && digits[n] >= '0' && digits[n] <= '9' {
+		version = version*10 + int64(digits[n]-'0')
+		n++
+	}
+	return version, n > 0 && (n == len(digits) || digits[n] < '0' || digits[n] > '9')
 }

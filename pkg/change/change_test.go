@@ -38,3 +38,28 @@ func TestEventShape(t *testing.T) {
 		t.Errorf("notification %+v %v", n, err)
 	}
 }
+
+func TestEventVersion(t *testing.T) {
+	tests := []struct {
+		event string
+		want  int64
+		ok    bool
+	}{
+		{`{"seq":1,"action":"UPDATE","productId":1,"version":7,"changedAt":"x","product":{"version":7}}`, 7, true},
+		{`{"seq":1,"action":"DELETE","productId":1,"version":8,"changedAt":"x","product":{"version":7}}`, 8, true},
+		{`{"action":"SNAPSHOT","productId":1,"version":9223372036854775807,"product":{}}`, 9223372036854775807, true},
+		{`{"seq":1,"productId":1,"version":"7"}`, 0, false},
+		{`{"seq":1}`, 0, false},
+		{`{"a":1,"version":12}`, 12, true},
+	}
+	for _, tc := range tests {
+		got, ok := EventVersion([]byte(tc.event))
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("EventVersion(%s) = %d %v, want %d %v", tc.event, got, ok, tc.want, tc.ok)
+		}
+	}
+	ev := []byte(tests[0].event)
+	if allocs := testing.AllocsPerRun(100, func() { EventVersion(ev) }); allocs != 0 {
+		t.Errorf("EventVersion allocates %v times", allocs)
+	}
+}

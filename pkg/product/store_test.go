@@ -113,6 +113,9 @@ func TestTrigger(t *testing.T) {
 			ev.Version != row.Version || ev.Version != w.version || ev.ProductID != created.ID || ev.ChangedAt.IsZero() {
 			t.Errorf("row %d: %+v, event %+v, want %s version %d", i, row, ev, w.action, w.version)
 		}
+		if v, ok := change.EventVersion([]byte(row.Event)); !ok || v != row.Version {
+			t.Errorf("row %d: EventVersion = %d %v, want %d: the trigger's field order changed", i, v, ok, row.Version)
+		}
 		var p struct {
 			Version      int64  `json:"version"`
 			PricePerUnit string `json:"pricePerUnit"`
