@@ -1,0 +1,280 @@
+// Package hub fans product changes out from NATS to the local subscribers of
+// a gateway. It holds one NATS subscription per product that at least one
+// local subscriber watches: the first subscriber subscribes, the last one to
+// leave unsubscribes, so NATS routes product.<id> to this gateway only while
+// someone here watches it.
+//
+// Messages arrive on a few dispatcher goroutines (a product always on the
+// same one, so its order holds) instead of one goroutine per subscription,
+// and are handed to subscribers without copying or re-encoding: every
+// subscriber gets the same bytes.
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/productwatch/productwatch/pkg/change"
+)
+
+// Subscriber receives the changes of the products it watches. Deliver is
+// called from the hub's dispatcher goroutines and must not block.
+type Subscriber interface {
+	Deliver(productID, version int64, event []byte)
+}
+
+// Options configure a Hub. Zero values take the defaults.
+type Options struct {
+	Shards      int           // lock shards of the product table, default 64
+	Dispatchers int           // goroutines handing messages to subscribers, default 8
+	Buffer      int           // messages each dispatcher may hold, default 16384
+	FlushWait   time.Duration // how long Subscribe waits for NATS to confirm new subscriptions, default 5s
+	Logger      *slog.Logger
+	// OnLost is called (from a NATS goroutine) with the product whose
+	// messages were dropped because a dispatcher fell behind; the caller
+	// re-syncs it from the database. Optional.
+	OnLost func(productID int64)
+}
+
+// Hub is the table of watched products. Safe for concurrent use.
+type Hub struct {
+	nc          *nats.Conn
+	opts        Options
+	shards      []shard
+	dispatchers []chan *nats.Msg
+	products    atomic.Int64 // products with a NATS subscription
+	delivered   atomic.Int64 // deliveries to subscribers
+}
+
+type shard struct {
+	mu       sync.Mutex
+	products map[int64]*entry
+}
+
+// entry is one watched product: its NATS subscription and its subscribers,
+// a copy-on-write slice so that delivery reads it without a lock.
+type entry struct {
+	id          int64
+	sub         *nats.Subscription
+	subscribers atomic.Pointer[[]Subscriber]
+}
+
+// ErrClosed is returned by Subscribe after Run has returned.
+var ErrClosed = errors.New("hub closed")
+
+// New returns a Hub on nc. Call Run to deliver.
+func New(nc *nats.Conn, opts Options) *Hub {
+	if opts.Shards <= 0 {
+		opts.Shards = 64
+	}
+	if opts.Dispatchers <= 0 {
+		opts.Dispatchers = 8
+	}
+	if opts.Buffer <= 0 {
+		opts.Buffer = 16384
+	}
+	if opts.FlushWait <= 0 {
+		opts.FlushWait = 5 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	h := &Hub{nc: nc, opts: opts, shards: make([]shard, opts.Shards), dispatchers: make([]chan *nats.Msg, opts.Dispatchers)}
+	for i := range h.shards {
+		h.shards[i].products = make(map[int64]*entry)
+	}
+	for i := range h.dispatchers {
+		h.dispatchers[i] = make(chan *nats.Msg, opts.Buffer)
+	}
+	return h
+}
+
+func (h *Hub) shard(id int64) *shard { return &h.shards[uint64(id)%uint64(len(h.shards))] }
+
+func (h *Hub) dispatcher(id int64) chan *nats.Msg {
+	return h.dispatchers[uint64(id)%uint64(len(h.dispatchers))]
+}
+
+// Run delivers messages until ctx ends, then unsubscribes everything.
+func (h *Hub) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, ch := range h.dispatchers {
+		wg.Go(func() { h.dispatch(ctx, ch) })
+	}
+	wg.Wait()
+	for i := range h.shards {
+		s := &h.shards[i]
+		s.mu.Lock()
+		for id, e := range s.products {
+			_ = e.sub.Unsubscribe() // the connection may be closed already
+			delete(s.products, id)
+		}
+		s.mu.Unlock()
+	}
+	h.products.Store(0)
+	return nil
+}
+
+func (h *Hub) dispatch(ctx context.Context, ch chan *nats.Msg) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case msg := <-ch:
+			h.deliver(msg)
+		}
+	}
+}
+
+// deliver hands one NATS message to the product's current subscribers.
+func (h *Hub) deliver(msg *nats.Msg) {
+	id, err := strconv.ParseInt(msg.Subject[len(change.SubjectPrefix):], 10, 64)
+	if err != nil {
+		return
+	}
+	version, ok := change.EventVersion(msg.Data)
+	if !ok {
+		h.opts.Logger.Warn("message without a version; dropped", "subject", msg.Subject)
+		return
+	}
+	s := h.shard(id)
+	s.mu.Lock()
+	e := s.products[id]
+	s.mu.Unlock()
+	if e == nil {
+		return // the last subscriber left while the message was on its way
+	}
+	subs := *e.subscribers.Load()
+	for _, sub := range subs {
+		sub.Deliver(id, version, msg.Data)
+	}
+	h.delivered.Add(int64(len(subs)))
+}
+
+// Subscribe adds sub to the subscribers of ids, subscribing to NATS for the
+// products nobody here watched yet, and waits until NATS has confirmed those
+// subscriptions: a change published after Subscribe returns reaches sub. A
+// subscriber already watching an id is left as it is.
+func (h *Hub) Subscribe(sub Subscriber, ids []int64) error {
+	added := false
+	for _, id := range ids {
+		s := h.shard(id)
+		s.mu.Lock()
+		e := s.products[id]
+		if e == nil {
+			ns, err := h.nc.ChanSubscribe(change.Subject(id), h.dispatcher(id))
+			if err != nil {
+				s.mu.Unlock()
+				return fmt.Errorf("subscribe to %s: %w", change.Subject(id), err)
+			}
+			if err := ns.SetPendingLimits(-1, -1); err != nil {
+				h.opts.Logger.Warn("pending limits", "err", err)
+			}
+			e = &entry{id: id, sub: ns}
+			empty := []Subscriber{}
+			e.subscribers.Store(&empty)
+			s.products[id] = e
+			h.products.Add(1)
+			added = true
+		}
+		old := *e.subscribers.Load()
+		if !contains(old, sub) {
+			next := make([]Subscriber, len(old), len(old)+1)
+			copy(next, old)
+			next = append(next, sub)
+			e.subscribers.Store(&next)
+		}
+		s.mu.Unlock()
+	}
+	if added {
+		if err := h.nc.FlushTimeout(h.opts.FlushWait); err != nil {
+			return fmt.Errorf("confirm NATS subscriptions: %w", err)
+		}
+	}
+	return nil
+}
+
+// Unsubscribe removes sub from the subscribers of ids; a product left with
+// none is unsubscribed from NATS. Only sub's interest goes: other
+// subscribers of the same products keep theirs.
+func (h *Hub) Unsubscribe(sub Subscriber, ids []int64) {
+	for _, id := range ids {
+		s := h.shard(id)
+		s.mu.Lock()
+		if e := s.products[id]; e != nil {
+			old := *e.subscribers.Load()
+			if i := index(old, sub); i >= 0 {
+				next := make([]Subscriber, 0, len(old)-1)
+				next = append(append(next, old[:i]...), old[i+1:]...)
+				e.subscribers.Store(&next)
+				if len(next) == 0 {
+					_ = e.sub.Unsubscribe() // a closed connection has no interest to remove
+					delete(s.products, id)
+					h.products.Add(-1)
+				}
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// Watched returns every product with at least one local subscriber.
+func (h *Hub) Watched() []int64 {
+	var ids []int64
+	for i := range h.shards {
+		s := &h.shards[i]
+		s.mu.Lock()
+		for id := range s.products {
+			ids = append(ids, id)
+		}
+		s.mu.Unlock()
+	}
+	return ids
+}
+
+// SubscribersOf returns the current subscribers of a product.
+func (h *Hub) SubscribersOf(id int64) []Subscriber {
+	s := h.shard(id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := s.products[id]; e != nil {
+		return *e.subscribers.Load()
+	}
+	return nil
+}
+
+// Products returns how many products have a NATS subscription.
+func (h *Hub) Products() int64 { return h.products.Load() }
+
+// Delivered returns how many deliveries to subscribers the hub made.
+func (h *Hub) Delivered() int64 { return h.delivered.Load() }
+
+// Lost is for nats.ErrorHandler: when a dispatcher's channel was full, NATS
+// dropped messages of sub's product (a slow consumer); OnLost re-syncs it.
+func (h *Hub) Lost(sub *nats.Subscription) {
+	if sub == nil || len(sub.Subject) <= len(change.SubjectPrefix) || h.opts.OnLost == nil {
+		return
+	}
+	if id, err := strconv.ParseInt(sub.Subject[len(change.SubjectPrefix):], 10, 64); err == nil {
+		h.opts.OnLost(id)
+	}
+}
+
+func contains(subs []Subscriber, sub Subscriber) bool { return index(subs, sub) >= 0 }
+
+func index(subs []Subscriber, sub Subscriber) int {
+	for i, s := range subs {
+		if s == sub {
+			return i
+		}
+	}
+	return -1
+}

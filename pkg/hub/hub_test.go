@@ -1,0 +1,153 @@
+package hub
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/productwatch/productwatch/pkg/change"
+	"github.com/productwatch/productwatch/pkg/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+// recorder is a Subscriber that keeps what it gets.
+type recorder struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (r *recorder) Deliver(id, version int64, event []byte) {
+	r.mu.Lock()
+	r.got = append(r.got, fmt.Sprintf("%d:%d", id, version))
+	r.mu.Unlock()
+}
+
+// seen returns what arrived, sorted: products travel on different
+// dispatchers, so only each product's own order is defined.
+func (r *recorder) seen() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return fmt.Sprint(slices.Sorted(slices.Values(r.got)))
+}
+
+func event(id, version int64) []byte {
+	return fmt.Appendf(nil, `{"seq":%d,"action":"UPDATE","productId":%d,"version":%d,"changedAt":"2026-11-25T00:00:00.000000Z","product":{}}`, version, id, version)
+}
+
+func startHub(t testing.TB) (*Hub, *nats.Conn, *testenv.NATSServer) {
+	t.Helper()
+	n := testenv.NATS(t)
+	nc, err := nats.Connect(n.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	h := New(nc, Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = h.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return h, nc, n
+}
+
+// waitFor polls cond until it holds or 10 s pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestSubscribeUnsubscribe(t *testing.T) {
+	h, nc, n := startHub(t)
+	pub, err := nats.Connect(n.URL) // another client, as the bridge would be
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	a, b := &recorder{}, &recorder{}
+	if err := h.Subscribe(a, []int64{1, 2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Subscribe(b, []int64{1}); err != nil {
+		t.Fatal(err)
+	}
+	if h.Products() != 2 {
+		t.Fatalf("%d NATS subscriptions, want 2 (one per product)", h.Products())
+	}
+	if n.Server != nil && n.Server.GlobalAccount().Interest(change.Subject(1)) != 1 {
+		t.Errorf("server sees %d subscriptions on product.1, want 1 for two local subscribers", n.Server.GlobalAccount().Interest(change.Subject(1)))
+	}
+	_ = pub.Publish(change.Subject(1), event(1, 1))
+	_ = pub.Publish(change.Subject(2), event(2, 1))
+	_ = pub.Publish(change.Subject(3), event(3, 1)) // nobody watches 3
+	waitFor(t, "deliveries", func() bool { return a.seen() == "[1:1 2:1]" && b.seen() == "[1:1]" })
+
+	// b leaves product 1: a keeps it (the seed removed everyone's interest).
+	h.Unsubscribe(b, []int64{1})
+	_ = pub.Publish(change.Subject(1), event(1, 2))
+	waitFor(t, "a's delivery", func() bool { return a.seen() == "[1:1 1:2 2:1]" })
+	if b.seen() != "[1:1]" {
+		t.Errorf("b got %s after unsubscribing", b.seen())
+	}
+
+	// The last subscriber leaving removes the NATS interest.
+	h.Unsubscribe(a, []int64{1, 2})
+	if h.Products() != 0 || len(h.Watched()) != 0 {
+		t.Errorf("%d products still subscribed", h.Products())
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n.Server != nil { // embedded: ask the server itself
+		waitFor(t, "server-side interest to go", func() bool {
+			acc := n.Server.GlobalAccount()
+			return acc.Interest(change.Subject(1)) == 0 && acc.Interest(change.Subject(2)) == 0
+		})
+	}
+}
+
+// BenchmarkFanOut measures the hot path: one change of one product handed
+// to 1,000 subscribers' outboxes, as the dispatcher does for each NATS
+// message (parse the subject and version, look the product up, deliver the
+// same bytes to each). It must not allocate.
+func BenchmarkFanOut(b *testing.B) {
+	h, _, _ := startHub(b)
+	const subscribers = 1000
+	for range subscribers {
+		if err := h.Subscribe(NewOutbox(8), []int64{1}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// One message whose fixed-width version is rewritten in place, so every
+	// delivery is newer than the last and nothing is allocated per op.
+	data := []byte(`{"seq":1,"action":"UPDATE","productId":1,"version":0000000000000000000,"changedAt":"2026-11-25T00:00:00.000000Z","product":{}}`)
+	digits := bytes.Index(data, []byte(`"version":`)) + len(`"version":`)
+	msg := &nats.Msg{Subject: change.Subject(1), Data: data}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 1; b.Loop(); i++ {
+		v := i
+		for d := digits + 18; d >= digits; d-- {
+			data[d] = byte('0' + v%10)
+			v /= 10
+		}
+		h.deliver(msg)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/subscribers, "ns/delivery")
+	if got := h.Delivered(); got < int64(b.N)*subscribers {
+		b.Fatalf("delivered %d, want %d", got, int64(b.N)*subscribers)
+	}
+}
