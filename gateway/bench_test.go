@@ -50,7 +50,7 @@ func BenchmarkPutProduct(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.Cleanup(func() { db.Close() })
-			g, err := newGateway(cfg, db, testenv.Logger(b))
+			g, err := newGateway(cfg, db, nil, newResyncQueue(), testenv.Logger(b))
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -5,7 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/productwatch/productwatch/pkg/envflag"
 	"github.com/productwatch/productwatch/pkg/logging"
@@ -21,7 +24,20 @@ type Config struct {
 	APIToken        string          // API_TOKEN: bearer token for writes; unset: writes refused
 	MaxBodyBytes    int64           // MAX_BODY_BYTES: request body limit, default 64 KiB
 	ShutdownTimeout time.Duration   // SHUTDOWN_TIMEOUT: how long in-flight requests get on SIGTERM
+	NATSURL         string          // NATS_URL: needed by /websocket; empty: /websocket answers 503
+	AllowedOrigins  string          // ALLOWED_ORIGINS: comma-separated host patterns besides same-origin
+	DrainWindow     time.Duration   // DRAIN_WINDOW: closing sockets with 1001 is spread over this
 	Log             logging.Options // LOG_LEVEL, LOG_FORMAT
+
+	WSReadLimit        int64         // WS_READ_LIMIT: largest frame a client may send
+	WSMaxIDsPerCommand int           // WS_MAX_IDS_PER_COMMAND
+	WSMaxSubscriptions int           // WS_MAX_SUBSCRIPTIONS: products one connection may watch
+	WSCommandRate      float64       // WS_COMMAND_RATE: commands per second per connection
+	WSCommandBurst     int           // WS_COMMAND_BURST
+	WSMaxConnections   int           // WS_MAX_CONNECTIONS per gateway
+	WSWriteTimeout     time.Duration // WS_WRITE_TIMEOUT: a write or ping slower than this drops the client
+	WSPingInterval     time.Duration // WS_PING_INTERVAL
+	WSSlowClientAfter  time.Duration // WS_SLOW_CLIENT_AFTER: a change waiting longer than this drops the client
 }
 
 // defaultDatabaseURL is the local PostgreSQL service of a development machine.
@@ -39,6 +55,18 @@ func loadConfig(args []string) (Config, error) {
 	set.String(&cfg.APIToken, "api-token", "API_TOKEN", "", "bearer token required by POST/PUT/PATCH/DELETE; unset: writes answer 401")
 	set.Int64(&cfg.MaxBodyBytes, "max-body-bytes", "MAX_BODY_BYTES", 64<<10, "largest accepted request body in bytes")
 	set.Duration(&cfg.ShutdownTimeout, "shutdown-timeout", "SHUTDOWN_TIMEOUT", 15*time.Second, "how long in-flight requests may take to finish on shutdown")
+	set.String(&cfg.NATSURL, "nats-url", "NATS_URL", "", "NATS servers for /websocket (comma-separated); unset: /websocket answers 503")
+	set.String(&cfg.AllowedOrigins, "allowed-origins", "ALLOWED_ORIGINS", "", "WebSocket Origin host patterns allowed besides same-origin, comma-separated (e.g. shop.example.com,*.example.org)")
+	set.Duration(&cfg.DrainWindow, "drain-window", "DRAIN_WINDOW", 10*time.Second, "on shutdown, closing WebSockets with 1001 is spread over this window")
+	set.Int64(&cfg.WSReadLimit, "ws-read-limit", "WS_READ_LIMIT", 32<<10, "largest WebSocket frame a client may send, in bytes (larger: close 1009)")
+	set.Int(&cfg.WSMaxIDsPerCommand, "ws-max-ids-per-command", "WS_MAX_IDS_PER_COMMAND", 500, "product ids in one command at most")
+	set.Int(&cfg.WSMaxSubscriptions, "ws-max-subscriptions", "WS_MAX_SUBSCRIPTIONS", 2000, "products one connection may watch at most")
+	set.Float64(&cfg.WSCommandRate, "ws-command-rate", "WS_COMMAND_RATE", 20, "commands per second a connection may send (token bucket)")
+	set.Int(&cfg.WSCommandBurst, "ws-command-burst", "WS_COMMAND_BURST", 40, "burst of the command rate limit")
+	set.Int(&cfg.WSMaxConnections, "ws-max-connections", "WS_MAX_CONNECTIONS", 20000, "WebSocket connections per gateway at most (more: 503)")
+	set.Duration(&cfg.WSWriteTimeout, "ws-write-timeout", "WS_WRITE_TIMEOUT", 10*time.Second, "a socket write or ping slower than this drops the client")
+	set.Duration(&cfg.WSPingInterval, "ws-ping-interval", "WS_PING_INTERVAL", 30*time.Second, "ping idle clients this often")
+	set.Duration(&cfg.WSSlowClientAfter, "ws-slow-client-after", "WS_SLOW_CLIENT_AFTER", 15*time.Second, "a change waiting in a client's queue longer than this drops the client (close 4008)")
 	cfg.Log.Register(set)
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {
@@ -48,6 +76,34 @@ func loadConfig(args []string) (Config, error) {
 		return Config{}, err
 	}
 	return cfg, cfg.validate()
+}
+
+// originPatterns splits ALLOWED_ORIGINS.
+func (cfg Config) originPatterns() []string {
+	var out []string
+	for _, p := range strings.Split(cfg.AllowedOrigins, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// wsConfig returns the WebSocket endpoint's limits.
+func (cfg Config) wsConfig() wsConfig {
+	return wsConfig{
+		originPatterns:   cfg.originPatterns(),
+		readLimit:        cfg.WSReadLimit,
+		maxIDsPerCommand: cfg.WSMaxIDsPerCommand,
+		maxSubscriptions: cfg.WSMaxSubscriptions,
+		commandRate:      rate.Limit(cfg.WSCommandRate),
+		commandBurst:     cfg.WSCommandBurst,
+		maxConnections:   cfg.WSMaxConnections,
+		writeTimeout:     cfg.WSWriteTimeout,
+		pingInterval:     cfg.WSPingInterval,
+		slowAfter:        cfg.WSSlowClientAfter,
+		maxUnreadAnswers: 64,
+	}
 }
 
 func (cfg Config) validate() error {
@@ -62,6 +118,19 @@ func (cfg Config) validate() error {
 		return fmt.Errorf("MAX_BODY_BYTES %d is below 1024", cfg.MaxBodyBytes)
 	case cfg.ShutdownTimeout <= 0:
 		return fmt.Errorf("SHUTDOWN_TIMEOUT %v must be positive", cfg.ShutdownTimeout)
+	case cfg.DrainWindow < 0:
+		return fmt.Errorf("DRAIN_WINDOW %v must not be negative", cfg.DrainWindow)
+	case cfg.WSReadLimit < 256 || cfg.WSMaxIDsPerCommand < 1 || cfg.WSMaxSubscriptions < 1 || cfg.WSMaxConnections < 1:
+		return errors.New("WS_READ_LIMIT (>= 256), WS_MAX_IDS_PER_COMMAND, WS_MAX_SUBSCRIPTIONS and WS_MAX_CONNECTIONS must be positive")
+	case cfg.WSCommandRate <= 0 || cfg.WSCommandBurst < 1:
+		return errors.New("WS_COMMAND_RATE and WS_COMMAND_BURST must be positive")
+	case cfg.WSWriteTimeout <= 0 || cfg.WSPingInterval <= 0 || cfg.WSSlowClientAfter <= 0:
+		return errors.New("WS_WRITE_TIMEOUT, WS_PING_INTERVAL and WS_SLOW_CLIENT_AFTER must be positive")
+	}
+	for _, p := range cfg.originPatterns() {
+		if p == "*" {
+			return errors.New(`ALLOWED_ORIGINS must not be "*": name the hosts (a wildcard origin lets any site read your users' data)`)
+		}
 	}
 	return nil
 }

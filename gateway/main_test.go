@@ -38,7 +38,7 @@ func newTestGateway(t *testing.T, change func(*Config)) *testGateway {
 	if change != nil {
 		change(&cfg)
 	}
-	g, err := newGateway(cfg, pg.DB, testenv.Logger(t))
+	g, err := newGateway(cfg, pg.DB, nil, newResyncQueue(), testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

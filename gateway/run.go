@@ -11,9 +11,12 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/productwatch/productwatch/pkg/broker"
 	"github.com/productwatch/productwatch/pkg/health"
+	"github.com/productwatch/productwatch/pkg/hub"
 	"github.com/productwatch/productwatch/pkg/postgres"
 	"github.com/productwatch/productwatch/pkg/product"
 	"github.com/productwatch/productwatch/pkg/schema"
@@ -28,11 +31,19 @@ type Gateway struct {
 	migrator *schema.Migrator
 	probes   *health.Probes
 	handler  http.Handler
+
+	// The WebSocket side; nil without NATS.
+	hub      *hub.Hub
+	ws       *wsServer
+	resyncer *resyncer
+	wsBase   context.Context // the sockets' context: ends after the drain
+	stopWS   context.CancelFunc
 }
 
-// newGateway wires the gateway on an open database. It does not migrate or
-// listen: Serve does.
-func newGateway(cfg Config, db *sql.DB, logger *slog.Logger) (*Gateway, error) {
+// newGateway wires the gateway on an open database and, when nc is not nil,
+// NATS (queue receives nc's reconnects and dropped messages: see Run). It
+// does not migrate or listen: Serve does.
+func newGateway(cfg Config, db *sql.DB, nc *nats.Conn, queue *resyncQueue, logger *slog.Logger) (*Gateway, error) {
 	migrator, err := schema.New(db, logger)
 	if err != nil {
 		return nil, err
@@ -41,11 +52,33 @@ func newGateway(cfg Config, db *sql.DB, logger *slog.Logger) (*Gateway, error) {
 	probes.Add("database", db.PingContext)
 	probes.Add("migrations", migrator.Check)
 	g := &Gateway{cfg: cfg, logger: logger, db: db, migrator: migrator, probes: probes}
+	registry := health.NewRegistry()
+	var websocket http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write(marshalError(&apiError{Code: codeUnavailable, Message: "this gateway has no NATS_URL: WebSocket subscriptions are off"}))
+	})
+	if nc != nil {
+		g.hub = hub.New(nc, hub.Options{Logger: logger})
+		metrics := newWSMetrics(registry, g.hub)
+		cu := &catchUp{db: db}
+		g.wsBase, g.stopWS = context.WithCancel(context.Background())
+		g.ws = newWSServer(g.wsBase, cfg.wsConfig(), g.hub, cu, logger, metrics)
+		g.resyncer = &resyncer{queue: queue, hub: g.hub, catchUp: cu, logger: logger, metrics: metrics}
+		websocket = g.ws
+		probes.Add("nats", func(context.Context) error {
+			if !nc.IsConnected() {
+				return fmt.Errorf("NATS %s", nc.Status())
+			}
+			return nil
+		})
+	}
 	g.handler = newRouter(routerDeps{
 		logger:       logger,
 		store:        product.NewStore(db),
 		probes:       probes,
-		registry:     health.NewRegistry(),
+		registry:     registry,
+		websocket:    websocket,
 		apiToken:     cfg.APIToken,
 		maxBodyBytes: cfg.MaxBodyBytes,
 	})
@@ -60,7 +93,19 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return err
 	}
 	defer db.Close()
-	g, err := newGateway(cfg, db, logger)
+	var nc *nats.Conn
+	queue := newResyncQueue()
+	if cfg.NATSURL != "" {
+		nc, err = broker.Connect(cfg.NATSURL, "productwatch-gateway", logger,
+			broker.Hooks{OnReconnect: queue.requestAll, OnSlowConsumer: queue.lost})
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+	} else {
+		logger.Warn("NATS_URL is not set: /websocket answers 503")
+	}
+	g, err := newGateway(cfg, db, nc, queue, logger)
 	if err != nil {
 		return err
 	}
@@ -114,6 +159,13 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		_ = g.migrator.UpRetrying(gctx) // fails only when shutting down
 		return nil
 	})
+	if g.hub != nil {
+		group.Go(func() error { return g.hub.Run(g.wsBase) })
+		group.Go(func() error {
+			g.resyncer.run(g.wsBase)
+			return nil
+		})
+	}
 	group.Go(func() error {
 		g.logger.Info("gateway listening", "addr", ln.Addr().String(), "url", scheme+"://"+ln.Addr().String())
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -124,9 +176,15 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	group.Go(func() error {
 		<-gctx.Done()
 		g.probes.SetDraining()
-		g.logger.Info("gateway shutting down", "timeout", g.cfg.ShutdownTimeout)
-		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.ShutdownTimeout)
+		g.logger.Info("gateway shutting down", "drain_window", g.cfg.DrainWindow, "timeout", g.cfg.ShutdownTimeout)
+		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.DrainWindow+g.cfg.ShutdownTimeout)
 		defer cancel()
+		if g.ws != nil {
+			// http.Server.Shutdown neither closes nor waits for hijacked
+			// connections: the sockets are closed here, with 1001.
+			g.ws.Drain(shutdownCtx, g.cfg.DrainWindow)
+			g.stopWS()
+		}
 		if err := srv.Shutdown(shutdownCtx); err != nil {
 			srv.Close()
 			return fmt.Errorf("shutdown: %w", err)

@@ -60,7 +60,7 @@ func TestDatabaseDown(t *testing.T) {
 	}
 	t.Cleanup(func() { db.Close() })
 	cfg := Config{APIToken: testToken, MaxBodyBytes: 64 << 10}
-	down, err := newGateway(cfg, db, testenv.Logger(t))
+	down, err := newGateway(cfg, db, nil, newResyncQueue(), testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func TestServeTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.DatabaseURL = pg.DSN
-	g, err := newGateway(cfg, pg.DB, testenv.Logger(t))
+	g, err := newGateway(cfg, pg.DB, nil, newResyncQueue(), testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,7 @@ type routerDeps struct {
 	store        *product.Store
 	probes       *health.Probes
 	registry     *prometheus.Registry
+	websocket    http.Handler // /websocket: plain net/http, never wrapped in compression
 	apiToken     string
 	maxBodyBytes int64
 }
@@ -43,6 +44,7 @@ func newRouter(deps routerDeps) http.Handler {
 	e.GET("/healthz", echo.WrapHandler(deps.probes.LiveHandler()))
 	e.GET("/readyz", echo.WrapHandler(deps.probes.ReadyHandler()))
 	e.GET("/metrics", echo.WrapHandler(health.MetricsHandler(deps.registry)))
+	e.GET("/websocket", echo.WrapHandler(deps.websocket))
 
 	h := &productHandlers{store: deps.store, maxBodyBytes: deps.maxBodyBytes}
 	auth := requireToken(deps.apiToken)

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -64,12 +65,18 @@ func EnsureStream(ctx context.Context, js jetstream.StreamManager, o StreamOptio
 	return stream, nil
 }
 
+// Hooks are optional callbacks of Connect. They run on nats.go's goroutines
+// and must not block.
+type Hooks struct {
+	OnReconnect    func()                       // after each reconnect
+	OnSlowConsumer func(sub *nats.Subscription) // messages of sub were dropped
+}
+
 // Connect connects to the NATS servers in url (comma-separated) and keeps
-// reconnecting forever, logging every disconnect and reconnect. onReconnect,
-// when not nil, is called after each reconnect (for a metric). The first
+// reconnecting forever, logging every disconnect and reconnect. The first
 // connection is retried in the background too (RetryOnFailedConnect), so a
 // process can start before NATS does.
-func Connect(url, name string, logger *slog.Logger, onReconnect func()) (*nats.Conn, error) {
+func Connect(url, name string, logger *slog.Logger, hooks Hooks) (*nats.Conn, error) {
 	nc, err := nats.Connect(url,
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -83,8 +90,8 @@ func Connect(url, name string, logger *slog.Logger, onReconnect func()) (*nats.C
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			logger.Info("NATS reconnected", "url", c.ConnectedUrlRedacted())
-			if onReconnect != nil {
-				onReconnect()
+			if hooks.OnReconnect != nil {
+				hooks.OnReconnect()
 			}
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
@@ -93,6 +100,9 @@ func Connect(url, name string, logger *slog.Logger, onReconnect func()) (*nats.C
 				subject = sub.Subject
 			}
 			logger.Error("NATS error", "subject", subject, "err", err)
+			if errors.Is(err, nats.ErrSlowConsumer) && hooks.OnSlowConsumer != nil {
+				hooks.OnSlowConsumer(sub)
+			}
 		}),
 	)
 	if err != nil {

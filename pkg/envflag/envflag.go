@@ -95,3 +95,16 @@ func (s *Set) Duration(p *time.Duration, name, env string, def time.Duration, te
 	}
 	s.fs.DurationVar(p, name, def, usage(env, text))
 }
+
+// Float64 defines a float64 flag name, default from env or def.
+func (s *Set) Float64(p *float64, name, env string, def float64, text string) {
+	if v, ok := os.LookupEnv(env); ok && v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			s.fail(env, v, err)
+		} else {
+			def = f
+		}
+	}
+	s.fs.Float64Var(p, name, def, usage(env, text))
+}

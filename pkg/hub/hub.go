@@ -38,10 +38,6 @@ type Options struct {
 	Buffer      int           // messages each dispatcher may hold, default 16384
 	FlushWait   time.Duration // how long Subscribe waits for NATS to confirm new subscriptions, default 5s
 	Logger      *slog.Logger
-	// OnLost is called (from a NATS goroutine) with the product whose
-	// messages were dropped because a dispatcher fell behind; the caller
-	// re-syncs it from the database. Optional.
-	OnLost func(productID int64)
 }
 
 // Hub is the table of watched products. Safe for concurrent use.
@@ -51,6 +47,7 @@ type Hub struct {
 	shards      []shard
 	dispatchers []chan *nats.Msg
 	products    atomic.Int64 // products with a NATS subscription
+	received    atomic.Int64 // messages received from NATS
 	delivered   atomic.Int64 // deliveries to subscribers
 }
 
@@ -136,6 +133,7 @@ func (h *Hub) dispatch(ctx context.Context, ch chan *nats.Msg) {
 
 // deliver hands one NATS message to the product's current subscribers.
 func (h *Hub) deliver(msg *nats.Msg) {
+	h.received.Add(1)
 	id, err := strconv.ParseInt(msg.Subject[len(change.SubjectPrefix):], 10, 64)
 	if err != nil {
 		return
@@ -254,19 +252,11 @@ func (h *Hub) SubscribersOf(id int64) []Subscriber {
 // Products returns how many products have a NATS subscription.
 func (h *Hub) Products() int64 { return h.products.Load() }
 
+// Received returns how many messages the hub received from NATS.
+func (h *Hub) Received() int64 { return h.received.Load() }
+
 // Delivered returns how many deliveries to subscribers the hub made.
 func (h *Hub) Delivered() int64 { return h.delivered.Load() }
-
-// Lost is for nats.ErrorHandler: when a dispatcher's channel was full, NATS
-// dropped messages of sub's product (a slow consumer); OnLost re-syncs it.
-func (h *Hub) Lost(sub *nats.Subscription) {
-	if sub == nil || len(sub.Subject) <= len(change.SubjectPrefix) || h.opts.OnLost == nil {
-		return
-	}
-	if id, err := strconv.ParseInt(sub.Subject[len(change.SubjectPrefix):], 10, 64); err == nil {
-		h.opts.OnLost(id)
-	}
-}
 
 func contains(subs []Subscriber, sub Subscriber) bool { return index(subs, sub) >= 0 }
 

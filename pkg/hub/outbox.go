@@ -31,7 +31,12 @@ type Outbox struct {
 	ready      chan struct{}
 	conflated  int64
 	stale      int64
+	onConflate func() // optional metric hook; must not block or allocate
 }
+
+// OnConflate sets a function called (under the outbox's lock) each time an
+// event replaces a waiting one. Set it before the outbox is shared.
+func (o *Outbox) OnConflate(f func()) { o.onConflate = f }
 
 type pendingEvent struct {
 	version int64
@@ -59,12 +64,17 @@ func (o *Outbox) Deliver(productID, version int64, event []byte) {
 		return
 	}
 	o.latest[productID] = version
-	if _, waiting := o.pending[productID]; waiting {
+	queued := time.Now()
+	if waiting, ok := o.pending[productID]; ok {
 		o.conflated++
+		queued = waiting.queued // the product has waited since its first unsent event
+		if o.onConflate != nil {
+			o.onConflate()
+		}
 	} else {
 		o.order = append(o.order, productID)
 	}
-	o.pending[productID] = pendingEvent{version: version, data: event, queued: time.Now()}
+	o.pending[productID] = pendingEvent{version: version, data: event, queued: queued}
 	o.mu.Unlock()
 	o.signal()
 }
@@ -95,8 +105,9 @@ func (o *Outbox) signal() {
 func (o *Outbox) Ready() <-chan struct{} { return o.ready }
 
 // Pop returns the next message to write: an answer if one waits, else the
-// oldest waiting product's newest event, with when it was queued. ok is
-// false when nothing waits.
+// oldest waiting product's newest event, with when that product's first
+// unsent event was queued (how long it has waited). ok is false when nothing
+// waits.
 func (o *Outbox) Pop() (msg []byte, queued time.Time, ok bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()

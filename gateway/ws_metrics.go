@@ -1,0 +1,81 @@
+package main
+
+import (
+	"bytes"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/productwatch/productwatch/pkg/hub"
+)
+
+// wsMetrics are the WebSocket endpoint's Prometheus metrics.
+type wsMetrics struct {
+	connections     prometheus.Gauge
+	subscriptions   prometheus.Gauge
+	eventsOut       prometheus.Counter
+	conflated       prometheus.Counter
+	dropped         *prometheus.CounterVec
+	refused         prometheus.Counter
+	commands        prometheus.Counter
+	commandErrors   *prometheus.CounterVec
+	deliveryLatency prometheus.Histogram
+	queueWait       prometheus.Histogram
+	resyncs         prometheus.Counter
+}
+
+func newWSMetrics(reg prometheus.Registerer, h *hub.Hub) *wsMetrics {
+	const ns = "productwatch_ws_"
+	m := &wsMetrics{
+		connections:   prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "connections", Help: "Open WebSocket connections."}),
+		subscriptions: prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "subscriptions", Help: "Product subscriptions of all connections."}),
+		eventsOut:     prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "messages_sent_total", Help: "Messages written to sockets (events, snapshots, answers)."}),
+		conflated: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "conflated_total",
+			Help: "Events replaced by a newer one of the same product before a slow client read them."}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "clients_dropped_total",
+			Help: "Connections the gateway closed, by reason (slow, write_timeout, ping_timeout, rate_limit, read_limit, unread_answers, drain)."}, []string{"reason"}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "refused_total",
+			Help: "Upgrades refused: bad origin, bad handshake, connection limit, shutting down."}),
+		commands: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "commands_total", Help: "Commands received."}),
+		commandErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "command_errors_total",
+			Help: "Error answers, by code."}, []string{"code"}),
+		deliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: ns + "delivery_latency_seconds",
+			Help:    "From a change's commit-time clock (changedAt) to its write on the socket.",
+			Buckets: []float64{.001, .002, .003, .005, .0075, .01, .025, .05, .1, .25, .5, 1, 5}}),
+		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{Name: ns + "queue_wait_seconds",
+			Help:    "How long an event waited in its connection's queue.",
+			Buckets: []float64{.0001, .0005, .001, .005, .01, .05, .1, .5, 1, 5}}),
+		resyncs: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "resyncs_total",
+			Help: "Products re-read from the database after a NATS reconnect or lost messages."}),
+	}
+	reg.MustRegister(m.connections, m.subscriptions, m.eventsOut, m.conflated, m.dropped, m.refused,
+		m.commands, m.commandErrors, m.deliveryLatency, m.queueWait, m.resyncs,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: ns + "nats_subscriptions",
+			Help: "Products this gateway holds a NATS subscription for."}, func() float64 { return float64(h.Products()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: ns + "events_received_total",
+			Help: "Change events received from NATS."}, func() float64 { return float64(h.Received()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: ns + "deliveries_total",
+			Help: "Events handed to connections' queues (one per subscriber)."}, func() float64 { return float64(h.Delivered()) }),
+	)
+	return m
+}
+
+var changedAtKey = []byte(`"changedAt":"`)
+
+// sent records a written message; queued is zero for answers.
+func (m *wsMetrics) sent(msg []byte, queued time.Time) {
+	m.eventsOut.Inc()
+	if queued.IsZero() {
+		return
+	}
+	now := time.Now()
+	m.queueWait.Observe(now.Sub(queued).Seconds())
+	if i := bytes.Index(msg, changedAtKey); i >= 0 {
+		rest := msg[i+len(changedAtKey):]
+		if j := bytes.IndexByte(rest, '"'); j > 0 {
+			if at, err := time.Parse(time.RFC3339Nano, string(rest[:j])); err == nil {
+				m.deliveryLatency.Observe(now.Sub(at).Seconds())
+			}
+		}
+	}
+}
