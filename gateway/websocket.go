@@ -89,12 +89,12 @@ func (s *wsServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ws.SetReadLimit(s.cfg.readLimit)
 	c := &wsConn{
 		finished: make(chan struct{}),
-		id:     s.nextID.Add(1),
-		srv:    s,
-		ws:     ws,
-		outbox: hub.NewOutbox(s.cfg.maxUnreadAnswers),
-		subs:   make(map[int64]struct{}),
-		limit:  rate.NewLimiter(s.cfg.commandRate, s.cfg.commandBurst),
+		id:       s.nextID.Add(1),
+		srv:      s,
+		ws:       ws,
+		outbox:   hub.NewOutbox(s.cfg.maxUnreadAnswers),
+		subs:     make(map[int64]struct{}),
+		limit:    rate.NewLimiter(s.cfg.commandRate, s.cfg.commandBurst),
 	}
 	c.outbox.OnConflate(s.metrics.conflated.Inc)
 	if !s.add(c) {
