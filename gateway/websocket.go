@@ -366,9 +366,10 @@ func (c *wsConn) write(ctx context.Context) {
 				}
 				wctx, cancel := context.WithTimeout(ctx, c.srv.cfg.writeTimeout)
 				err := c.ws.Write(wctx, websocket.MessageText, msg)
+				timedOut := errors.Is(wctx.Err(), context.DeadlineExceeded)
 				cancel()
 				if err != nil {
-					if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+					if timedOut && ctx.Err() == nil {
 						// The socket is stuck: no close frame can get through.
 						c.reason.CompareAndSwap(nil, &closeReason{code: websocket.StatusPolicyViolation, text: "write timeout", metric: "write_timeout"})
 						c.ws.CloseNow()

@@ -83,9 +83,14 @@ type wsClient struct {
 
 func (g *wsGateway) dial(t *testing.T, header http.Header) *wsClient {
 	t.Helper()
+	return g.dialWith(t, &websocket.DialOptions{HTTPHeader: header})
+}
+
+func (g *wsGateway) dialWith(t *testing.T, opts *websocket.DialOptions) *wsClient {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(g.srv.URL, "http")+"/websocket", &websocket.DialOptions{HTTPHeader: header})
+	ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(g.srv.URL, "http")+"/websocket", opts)
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -121,21 +126,30 @@ type message struct {
 // next reads the next message (10 s at most).
 func (c *wsClient) next() message {
 	c.t.Helper()
+	m, err := c.read()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return m
+}
+
+// read reads the next message; it is safe to call from any goroutine.
+func (c *wsClient) read() (message, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	typ, data, err := c.ws.Read(ctx)
 	if err != nil {
-		c.t.Fatalf("read: %v", err)
+		return message{}, fmt.Errorf("read: %w", err)
 	}
 	if typ != websocket.MessageText {
-		c.t.Fatalf("got a %v frame", typ)
+		return message{}, fmt.Errorf("got a %v frame", typ)
 	}
 	var m message
 	if err := json.Unmarshal(data, &m); err != nil {
-		c.t.Fatalf("server sent invalid JSON %q: %v", data, err)
+		return message{}, fmt.Errorf("server sent invalid JSON %q: %w", data, err)
 	}
 	m.raw = string(data)
-	return m
+	return m, nil
 }
 
 // expect reads the next message and checks its type (or action for events).

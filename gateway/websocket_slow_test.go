@@ -1,0 +1,114 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/productwatch/productwatch/pkg/change"
+)
+
+// bigEvent is a change event as the trigger would build it, padded to make
+// socket buffers fill quickly.
+func bigEvent(id, version int64, pad string) []byte {
+	return fmt.Appendf(nil, `{"seq":%d,"action":"UPDATE","productId":%d,"version":%d,"changedAt":"%s","product":{"productId":%d,"manufacturer":"M","productName":"%s","pricePerUnit":"1EUR","unitsAvailable":1,"version":%d,"updatedAt":"%s"}}`,
+		version, id, version, time.Now().UTC().Format("2006-01-02T15:04:05.000000Z"), id, pad, version, time.Now().UTC().Format("2006-01-02T15:04:05.000000Z"))
+}
+
+// TestStalledClient: a client that never reads sits next to readers. The
+// readers get every product's last version, in increasing order; the
+// stalled one is conflated, then dropped; its queue never holds more than
+// one event per product.
+func TestStalledClient(t *testing.T) {
+	t.Parallel()
+	g := newWSGateway(t, nil, nil, func(c *Config) {
+		c.WSWriteTimeout, c.WSSlowClientAfter = 500*time.Millisecond, 2*time.Second
+	})
+	const products, rounds, readers = 200, 12, 3
+	ids := make([]string, products)
+	for i := range ids {
+		ids[i] = fmt.Sprint(i + 1)
+	}
+	subscribe := `{"command":"subscribe","productIDs":[` + strings.Join(ids, ",") + `]}`
+
+	// The stalled client has a tiny receive buffer, so that its socket
+	// stops taking data after a few events, as a stuck browser's would.
+	tinyBuffer := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		return errors.Join(err, serr)
+	}}
+	stalled := g.dialWith(t, &websocket.DialOptions{HTTPClient: &http.Client{Transport: &http.Transport{DialContext: tinyBuffer.DialContext}}})
+	stalled.send(subscribe) // and never reads again
+	var clients []*wsClient
+	for range readers {
+		c := g.dial(t, nil)
+		c.send(subscribe)
+		c.expect("ack")
+		clients = append(clients, c)
+	}
+	waitUntil(t, "all subscriptions", func() bool { return testutil.ToFloat64(g.g.ws.metrics.subscriptions) == products*(readers+1) })
+
+	pad := strings.Repeat("x", 4000) // 200 × 12 × 4 KB: more than the socket buffers hold
+	var wg sync.WaitGroup
+	errs := make(chan string, readers)
+	for _, c := range clients {
+		wg.Go(func() {
+			last := map[int64]int64{}
+			done := 0
+			for done < products {
+				m, err := c.read()
+				if err != nil {
+					errs <- err.Error()
+					return
+				}
+				if m.Action != "UPDATE" {
+					continue
+				}
+				if m.Version <= last[m.ProductID] {
+					errs <- fmt.Sprintf("product %d: version %d after %d", m.ProductID, m.Version, last[m.ProductID])
+					return
+				}
+				last[m.ProductID] = m.Version
+				if m.Version == rounds {
+					done++
+				}
+			}
+		})
+	}
+	for v := int64(1); v <= rounds; v++ {
+		for id := int64(1); id <= products; id++ {
+			if err := g.nc.Publish(change.Subject(id), bigEvent(id, v, pad)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := g.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	dropped := func() float64 {
+		return testutil.ToFloat64(g.g.ws.metrics.dropped.WithLabelValues("write_timeout")) +
+			testutil.ToFloat64(g.g.ws.metrics.dropped.WithLabelValues("slow"))
+	}
+	waitUntil(t, "the stalled client to be dropped", func() bool { return dropped() == 1 })
+	if testutil.ToFloat64(g.g.ws.metrics.conflated) == 0 {
+		t.Error("nothing was conflated for the stalled client")
+	}
+	waitUntil(t, "its subscriptions to go", func() bool {
+		return testutil.ToFloat64(g.g.ws.metrics.subscriptions) == products*readers
+	})
+}
