@@ -47,7 +47,11 @@ func newWSGateway(t *testing.T, pg *testenv.PG, n *testenv.NATSServer, change fu
 		change(&cfg)
 	}
 	queue := newResyncQueue()
-	gnc, err := nats.Connect(n.URL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond),
+	// The gateway reconnects more slowly than the bridge (250 ms), so that
+	// after a NATS restart the bridge publishes before the gateway's
+	// subscriptions are back: those changes only reach clients through the
+	// re-sync (TestNATSRestartUnderLoad depends on it).
+	gnc, err := nats.Connect(n.URL, nats.MaxReconnects(-1), nats.ReconnectWait(time.Second),
 		nats.ReconnectHandler(func(*nats.Conn) { queue.requestAll() }))
 	if err != nil {
 		t.Fatal(err)

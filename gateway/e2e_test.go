@@ -1,0 +1,230 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/productwatch/productwatch/pkg/testenv"
+)
+
+// bridgeBinary builds the bridge once per test process.
+var bridgeBinary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "pw-gateway-test-bridge-")
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "bridge")
+	cmd := exec.Command("go", "build", "-o", path, "./bridge")
+	cmd.Dir = ".."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build bridge: %v\n%s", err, out)
+	}
+	return path, nil
+})
+
+// startBridge runs the real bridge against pg and n until the test ends.
+func startBridge(t *testing.T, pg *testenv.PG, n *testenv.NATSServer) {
+	t.Helper()
+	path, err := bridgeBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics := ln.Addr().String()
+	ln.Close()
+	cmd := exec.Command(path)
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "METRICS_ADDR="+metrics,
+		"LOG_FORMAT=text", "LOG_LEVEL=warn", "SAFETY_POLL_INTERVAL=200ms")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("bridge output:\n%s", out.String())
+		}
+	})
+	waitUntil(t, "the bridge to be ready", func() bool {
+		resp, err := http.Get("http://" + metrics + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+}
+
+// TestResumeOnOtherGateway is the full path twice over: REST on gateway A,
+// PostgreSQL, the real bridge, NATS, gateway B. A client watches on A,
+// leaves, changes and a delete happen, it comes back to B with its versions
+// and gets exactly what it missed, then live changes made through A.
+func TestResumeOnOtherGateway(t *testing.T) {
+	t.Parallel()
+	pg, n := testenv.Postgres(t), testenv.NATS(t)
+	startBridge(t, pg, n)
+	a := newWSGateway(t, pg, n, nil)
+	b := newWSGateway(t, pg, n, nil)
+	p1, p2, p3 := a.create(t, macbook), a.create(t, macbook), a.create(t, macbook)
+	ids := fmt.Sprintf("[%d,%d,%d]", p1.ProductID, p2.ProductID, p3.ProductID)
+
+	onA := a.dial(t, nil)
+	onA.send(`{"command":"subscribe","productIDs":` + ids + `,"snapshot":true}`)
+	onA.expect("ack")
+	have := map[int64]int64{}
+	for range 3 {
+		m := onA.expect("SNAPSHOT")
+		have[m.ProductID] = m.Version
+	}
+	a.write(t, http.MethodPatch, fmt.Sprintf("/products/%d", p1.ProductID), `{"unitsAvailable":3}`)
+	if m := onA.expect("UPDATE"); m.ProductID != p1.ProductID || m.Version != 2 {
+		t.Fatalf("live on A: %s", m.raw)
+	}
+	have[p1.ProductID] = 2
+	onA.ws.CloseNow()
+
+	// Away: p1 moves on twice, p2 is deleted, p3 stays.
+	a.write(t, http.MethodPatch, fmt.Sprintf("/products/%d", p1.ProductID), `{"unitsAvailable":2}`)
+	a.write(t, http.MethodPatch, fmt.Sprintf("/products/%d", p1.ProductID), `{"unitsAvailable":1}`)
+	a.write(t, http.MethodDelete, fmt.Sprintf("/products/%d", p2.ProductID), "")
+
+	onB := b.dial(t, nil)
+	onB.send(fmt.Sprintf(`{"command":"subscribe","productIDs":%s,"versions":{"%d":%d,"%d":%d,"%d":%d}}`, ids,
+		p1.ProductID, have[p1.ProductID], p2.ProductID, have[p2.ProductID], p3.ProductID, have[p3.ProductID]))
+	onB.expect("ack")
+	missed := map[int64]message{}
+	for range 2 {
+		m := onB.next()
+		missed[m.ProductID] = m
+	}
+	if m := missed[p1.ProductID]; m.Action != "SNAPSHOT" || m.Version != 4 {
+		t.Errorf("p1 on resume: %s", m.raw)
+	}
+	if m := missed[p2.ProductID]; m.Action != "DELETE" || m.Version != 2 {
+		t.Errorf("p2 on resume: %s", m.raw)
+	}
+	// Then live changes, made through the other gateway, and nothing stale:
+	// the next message is p3's new version.
+	a.write(t, http.MethodPatch, fmt.Sprintf("/products/%d", p3.ProductID), `{"unitsAvailable":9}`)
+	if m := onB.next(); m.Action != "UPDATE" || m.ProductID != p3.ProductID || m.Version != 2 {
+		t.Fatalf("live on B: %s", m.raw)
+	}
+}
+
+// TestNATSRestartUnderLoad: NATS restarts while products change; once it
+// is back, every client holds every product's final version (what was
+// published while the gateway was cut off comes from the re-sync).
+func TestNATSRestartUnderLoad(t *testing.T) {
+	t.Parallel()
+	pg, n := testenv.Postgres(t), testenv.NATS(t)
+	if n.Server == nil {
+		t.Skip("NATS_URL is an external server: it cannot be restarted from here")
+	}
+	startBridge(t, pg, n)
+	g := newWSGateway(t, pg, n, nil)
+	const products = 20
+	var ids []int64
+	for range products {
+		ids = append(ids, g.create(t, macbook).ProductID)
+	}
+	var mu sync.Mutex // guards latest
+	clients := []*wsClient{g.dial(t, nil), g.dial(t, nil)}
+	latest := make([]map[int64]int64, len(clients))
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for i, c := range clients {
+		c.send(`{"command":"subscribe","productIDs":` + commaList(ids) + `,"snapshot":true}`)
+		c.expect("ack")
+		latest[i] = map[int64]int64{}
+		wg.Go(func() {
+			for {
+				m, err := c.read()
+				if err != nil {
+					select {
+					case <-stop:
+					default:
+						t.Errorf("client %d: %v", i, err)
+					}
+					return
+				}
+				mu.Lock()
+				if m.ProductID != 0 && m.Version > latest[i][m.ProductID] {
+					latest[i][m.ProductID] = m.Version
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	writes := func(rounds int) {
+		for r := range rounds {
+			for _, id := range ids {
+				g.write(t, http.MethodPatch, fmt.Sprintf("/products/%d", id), fmt.Sprintf(`{"unitsAvailable":%d}`, r))
+			}
+		}
+	}
+	writes(3)
+	n.RestartWith(t, func() { writes(3) }) // changes made while NATS is down
+	writes(2)
+
+	want := map[int64]int64{}
+	rows, err := pg.DB.Query(`SELECT product_id, version FROM products`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id, v int64
+		if err := rows.Scan(&id, &v); err != nil {
+			t.Fatal(err)
+		}
+		want[id] = v
+	}
+	rows.Close()
+	missing := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		for i := range clients {
+			for id, v := range want {
+				if latest[i][id] != v {
+					return fmt.Sprintf("client %d: product %d at version %d, want %d", i, id, latest[i][id], v)
+				}
+			}
+		}
+		return ""
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for missing() != "" && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond) // polling a condition with a deadline
+	}
+	if m := missing(); m != "" {
+		t.Error(m)
+	}
+	close(stop)
+	for _, c := range clients {
+		c.ws.CloseNow()
+	}
+	wg.Wait()
+}
+
+func commaList(ids []int64) string {
+	parts := make([]string, len(ids))
+	for i, id := range ids {
+		parts[i] = strconv.FormatInt(id, 10)
+	}
+	return "[" + strings.Join(parts, ",") + "]"
+}
