@@ -1,7 +1,8 @@
 // Package api holds productwatch's contracts: the OpenAPI document for REST
-// (openapi.yaml, embedded as [OpenAPI]).
+// (openapi.yaml, embedded as [OpenAPI]) and the AsyncAPI document of the
+// WebSocket protocol and NATS subjects (asyncapi.yaml, [AsyncAPI]).
 //
-// The package only embeds the document, so that any binary can carry it (the
+// The package only embeds the documents, so that any binary can carry it (the
 // gateway may serve it) without linking an OpenAPI library. Tests check real
 // answers against it with package apitest.
 package api
@@ -16,3 +17,11 @@ import _ "embed" // for go:embed
 //
 //go:embed openapi.yaml
 var OpenAPI []byte
+
+// AsyncAPI is the AsyncAPI 3.0 document of the live side: the WebSocket
+// protocol of /websocket (commands, change events, snapshots, answers, close
+// codes) and the NATS subjects the bridge publishes on. Tests check real
+// messages against its schemas. Treat it as read-only.
+//
+//go:embed asyncapi.yaml
+var AsyncAPI []byte

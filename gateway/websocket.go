@@ -348,8 +348,9 @@ func (c *wsConn) write(ctx context.Context) {
 		case <-ping.C:
 			pctx, cancel := context.WithTimeout(ctx, c.srv.cfg.writeTimeout)
 			err := c.ws.Ping(pctx)
+			timedOut := errors.Is(pctx.Err(), context.DeadlineExceeded)
 			cancel()
-			if err != nil && ctx.Err() == nil {
+			if err != nil && timedOut {
 				c.reason.CompareAndSwap(nil, &closeReason{code: websocket.StatusPolicyViolation, text: "ping timeout", metric: "ping_timeout"})
 				c.ws.CloseNow()
 				return
@@ -369,8 +370,11 @@ func (c *wsConn) write(ctx context.Context) {
 				timedOut := errors.Is(wctx.Err(), context.DeadlineExceeded)
 				cancel()
 				if err != nil {
-					if timedOut && ctx.Err() == nil {
-						// The socket is stuck: no close frame can get through.
+					// A deadline (not a cancel) means the socket is stuck: no
+					// close frame can get through. coder/websocket closed it
+					// already, so the reader may have ended first: record the
+					// reason even if ctx is cancelled by now.
+					if timedOut {
 						c.reason.CompareAndSwap(nil, &closeReason{code: websocket.StatusPolicyViolation, text: "write timeout", metric: "write_timeout"})
 						c.ws.CloseNow()
 					}

@@ -79,10 +79,12 @@ func newWSGateway(t *testing.T, pg *testenv.PG, n *testenv.NATSServer, change fu
 	return &wsGateway{testGateway: &testGateway{PG: pg, srv: srv, validator: apitest.NewValidator(t)}, g: g, nats: n, nc: pub}
 }
 
-// wsClient is a test's WebSocket client.
+// wsClient is a test's WebSocket client. Every message it reads is checked
+// against api/asyncapi.yaml.
 type wsClient struct {
-	t  *testing.T
-	ws *websocket.Conn
+	t         *testing.T
+	ws        *websocket.Conn
+	validator *apitest.MessageValidator // nil: not checked (throughput tests)
 }
 
 func (g *wsGateway) dial(t *testing.T, header http.Header) *wsClient {
@@ -100,7 +102,7 @@ func (g *wsGateway) dialWith(t *testing.T, opts *websocket.DialOptions) *wsClien
 	}
 	ws.SetReadLimit(1 << 20)
 	t.Cleanup(func() { ws.CloseNow() })
-	return &wsClient{t: t, ws: ws}
+	return &wsClient{t: t, ws: ws, validator: apitest.NewMessageValidator(t)}
 }
 
 func (c *wsClient) send(frame string) {
@@ -151,6 +153,9 @@ func (c *wsClient) read() (message, error) {
 	var m message
 	if err := json.Unmarshal(data, &m); err != nil {
 		return message{}, fmt.Errorf("server sent invalid JSON %q: %w", data, err)
+	}
+	if c.validator != nil {
+		c.validator.CheckServerMessage(c.t, data)
 	}
 	m.raw = string(data)
 	return m, nil

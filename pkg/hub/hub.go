@@ -173,9 +173,6 @@ func (h *Hub) Subscribe(sub Subscriber, ids []int64) error {
 				s.mu.Unlock()
 				return fmt.Errorf("subscribe to %s: %w", change.Subject(id), err)
 			}
-			if err := ns.SetPendingLimits(-1, -1); err != nil {
-				h.opts.Logger.Warn("pending limits", "err", err)
-			}
 			e = &entry{id: id, sub: ns}
 			empty := []Subscriber{}
 			e.subscribers.Store(&empty)
