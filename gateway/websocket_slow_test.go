@@ -115,3 +115,20 @@ func TestStalledClient(t *testing.T) {
 		return testutil.ToFloat64(g.g.ws.metrics.subscriptions) == products*readers
 	})
 }
+
+// TestPingTimeout: a client that never answers pings (it never reads, so
+// its WebSocket library never sends the pong) is dropped.
+func TestPingTimeout(t *testing.T) {
+	t.Parallel()
+	g := newWSGateway(t, nil, nil, func(c *Config) {
+		c.WSPingInterval, c.WSWriteTimeout = 100*time.Millisecond, 300*time.Millisecond
+	})
+	mute := g.dial(t, nil)
+	mute.send(`{"command":"unsubscribe","productIDs":[1]}`) // then never reads
+	waitUntil(t, "the mute client to be dropped", func() bool {
+		return testutil.ToFloat64(g.g.ws.metrics.dropped.WithLabelValues("ping_timeout")) == 1
+	})
+	waitUntil(t, "its connection to be counted out", func() bool {
+		return testutil.ToFloat64(g.g.ws.metrics.connections) == 0
+	})
+}
