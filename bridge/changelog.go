@@ -19,12 +19,14 @@ type snapshot struct {
 
 // gap is a range of seqs that the log did not show although later seqs were
 // visible: they belong to transactions still in flight, or to transactions
-// that rolled back (sequences do not roll back). xmax is that of the
-// snapshot in which the gap was first seen: once every transaction below it
-// has ended, whatever of the gap is still invisible never will be visible.
+// that rolled back (sequences do not roll back). bound is a transaction id
+// taken right after the read that first saw the gap: the transactions that
+// took those seqs had their ids before, so once every transaction below
+// bound has ended (a snapshot's xmin reaches it), whatever of the gap is
+// still invisible never will be visible.
 type gap struct {
 	lo, hi int64
-	xmax   uint64
+	bound  uint64
 }
 
 // logReader reads the change log and keeps the bridge's state in the
@@ -142,17 +144,34 @@ func (lr *logReader) saveCursor(ctx context.Context, cursor, publishedHigh int64
 // setWakeup asks writers to NOTIFY (true) or not (false). The flag is a
 // sequence, changed with setval, which takes effect at once and for every
 // transaction (see migrations/00002_bridge.sql).
-func (lr *logReader) setWakeup(ctx context.Context, wanted bool) (snapshot, error) {
+func (lr *logReader) setWakeup(ctx context.Context, wanted bool) (uint64, error) {
 	value := 1
 	if wanted {
 		value = 2
 	}
 	if _, err := lr.conn.ExecContext(ctx, `SELECT setval('product_change_wakeup', $1)`, value); err != nil {
-		return snapshot{}, fmt.Errorf("set wake-up flag: %w", err)
+		return 0, fmt.Errorf("set wake-up flag: %w", err)
 	}
-	// The snapshot taken after the switch: transactions that may have read
-	// the old value all have ids below its xmax.
-	return scanSnapshot(lr.conn.QueryRowContext(ctx, snapshotQuery))
+	// Every writer that may have read the old value had its transaction id
+	// before the switch, so below an id taken now.
+	return lr.nextXid(ctx)
+}
+
+// nextXid returns a transaction id taken now, in a transaction of its own:
+// every transaction that got its id before this call has a smaller one.
+// (A snapshot's xmax does not give that bound: it is one past the latest
+// *completed* transaction, and a running transaction with a later id is in
+// neither its xip list nor below it.)
+func (lr *logReader) nextXid(ctx context.Context) (uint64, error) {
+	var xid string
+	if err := lr.conn.QueryRowContext(ctx, `SELECT pg_current_xact_id()::text`).Scan(&xid); err != nil {
+		return 0, fmt.Errorf("take a transaction id: %w", err)
+	}
+	n, err := strconv.ParseUint(xid, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("transaction id %q: %w", xid, err)
+	}
+	return n, nil
 }
 
 const snapshotQuery = `SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text FROM pg_current_snapshot() AS s`

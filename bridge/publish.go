@@ -106,11 +106,13 @@ func (p *publisher) sendWave(ctx context.Context, rows []changeRow, verify func(
 			}
 			backoff = min(backoff*2, 2*time.Second)
 		}
-		var err error
-		if rows, err = p.skipPublished(ctx, rows, attempt > 0, verify); err != nil {
+		kept, err := p.skipPublished(ctx, rows, attempt > 0, verify)
+		if err != nil {
+			// Keep rows as they are: every one of them is still unpublished.
 			p.logger.Warn("checking the stream before republishing failed; retrying", "err", err)
 			continue
 		}
+		rows = kept
 		futures := make([]jetstream.PubAckFuture, len(rows))
 		failed := rows[:0:0]
 		for i, r := range rows {

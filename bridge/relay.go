@@ -49,7 +49,7 @@ type relay struct {
 	verifyExtra int   // and so may this many rows above it
 
 	mode        relayMode
-	switchXmax  uint64
+	switchBound uint64 // a transaction id taken after the flag went on
 	lastChange  time.Time
 	safetyTimer *time.Timer
 }
@@ -137,7 +137,7 @@ func (r *relay) next(ctx context.Context, n int, snap snapshot) (string, error) 
 		// This read saw nothing, and its snapshot is later than the end of
 		// every transaction that may have read the flag as off: whatever
 		// commits from now on notifies.
-		if snap.xmin >= r.switchXmax {
+		if snap.xmin >= r.switchBound {
 			if err := r.setMode(ctx, modeIdle); err != nil {
 				return "", err
 			}
@@ -175,11 +175,11 @@ func (r *relay) setMode(ctx context.Context, m relayMode) error {
 		}
 		r.metrics.wakeupWanted.Set(0)
 	case modeSwitching:
-		snap, err := r.reader.setWakeup(ctx, true)
+		bound, err := r.reader.setWakeup(ctx, true)
 		if err != nil {
 			return err
 		}
-		r.switchXmax = snap.xmax
+		r.switchBound = bound
 		r.metrics.wakeupWanted.Set(1)
 	case modeIdle:
 	}
@@ -209,7 +209,14 @@ func (r *relay) step(ctx context.Context, reason string) (int, snapshot, error) 
 		return 0, snapshot{}, err
 	}
 	r.fillGaps(gapRows)
-	r.extend(rows, snap.xmax)
+	var bound uint64
+	if r.skipsSeqs(rows) {
+		// New gaps: bound them by a transaction id taken after this read.
+		if bound, err = r.reader.nextXid(ctx); err != nil {
+			return 0, snapshot{}, err
+		}
+	}
+	r.extend(rows, bound)
 	r.settleGaps(snap.xmin)
 	if err := r.saveCursor(ctx); err != nil {
 		return 0, snapshot{}, err
@@ -245,23 +252,28 @@ func (r *relay) fillGaps(rows []changeRow) {
 				continue
 			}
 			if rows[i].seq > lo {
-				kept = append(kept, gap{lo: lo, hi: rows[i].seq - 1, xmax: g.xmax})
+				kept = append(kept, gap{lo: lo, hi: rows[i].seq - 1, bound: g.bound})
 			}
 			lo = rows[i].seq + 1
 		}
 		if lo <= g.hi {
-			kept = append(kept, gap{lo: lo, hi: g.hi, xmax: g.xmax})
+			kept = append(kept, gap{lo: lo, hi: g.hi, bound: g.bound})
 		}
 	}
 	r.gaps = kept
 }
 
+// skipsSeqs reports whether rows (sorted, all above highSeq) leave seqs out.
+func (r *relay) skipsSeqs(rows []changeRow) bool {
+	return len(rows) > 0 && rows[len(rows)-1].seq-r.highSeq != int64(len(rows))
+}
+
 // extend records rows (sorted, all above highSeq) as published, and the
-// seqs they skipped as gaps first seen in a snapshot with the given xmax.
-func (r *relay) extend(rows []changeRow, xmax uint64) {
+// seqs they skipped as gaps with the given bound (see gap).
+func (r *relay) extend(rows []changeRow, bound uint64) {
 	for _, row := range rows {
 		if row.seq > r.highSeq+1 {
-			r.gaps = append(r.gaps, gap{lo: r.highSeq + 1, hi: row.seq - 1, xmax: xmax})
+			r.gaps = append(r.gaps, gap{lo: r.highSeq + 1, hi: row.seq - 1, bound: bound})
 		}
 		r.highSeq = row.seq
 	}
@@ -274,7 +286,7 @@ func (r *relay) extend(rows []changeRow, xmax uint64) {
 func (r *relay) settleGaps(xmin uint64) {
 	kept := r.gaps[:0]
 	for _, g := range r.gaps {
-		if xmin < g.xmax {
+		if xmin < g.bound {
 			kept = append(kept, g)
 		}
 	}

@@ -19,7 +19,7 @@ func rowsOf(seqs ...int64) []changeRow {
 func TestGapBookkeeping(t *testing.T) {
 	type read struct {
 		gapRows, rows []int64
-		xmin, xmax    uint64
+		xmin, bound   uint64
 	}
 	tests := []struct {
 		name       string
@@ -29,23 +29,23 @@ func TestGapBookkeeping(t *testing.T) {
 		wantHigh   int64
 		wantGaps   string
 	}{
-		{name: "contiguous", reads: []read{{rows: []int64{1, 2, 3}, xmin: 10, xmax: 11}}, wantCursor: 3, wantHigh: 3, wantGaps: "[]"},
-		{name: "in-flight seq holds the cursor", reads: []read{{rows: []int64{1, 3, 4}, xmin: 10, xmax: 12}},
+		{name: "contiguous", reads: []read{{rows: []int64{1, 2, 3}, xmin: 10, bound: 11}}, wantCursor: 3, wantHigh: 3, wantGaps: "[]"},
+		{name: "in-flight seq holds the cursor", reads: []read{{rows: []int64{1, 3, 4}, xmin: 10, bound: 12}},
 			wantCursor: 1, wantHigh: 4, wantGaps: "[{2 2 12}]"},
 		{name: "late commit fills the gap", reads: []read{
-			{rows: []int64{1, 3, 4}, xmin: 10, xmax: 12},
-			{gapRows: []int64{2}, rows: []int64{5}, xmin: 11, xmax: 13},
+			{rows: []int64{1, 3, 4}, xmin: 10, bound: 12},
+			{gapRows: []int64{2}, rows: []int64{5}, xmin: 11, bound: 13},
 		}, wantCursor: 5, wantHigh: 5, wantGaps: "[]"},
 		{name: "rolled back: settled once its transactions ended", reads: []read{
-			{rows: []int64{1, 3}, xmin: 10, xmax: 12},
-			{rows: []int64{4}, xmin: 11, xmax: 13}, // still possibly in flight
-			{rows: []int64{5}, xmin: 12, xmax: 14}, // every transaction below 12 ended: 2 never comes
+			{rows: []int64{1, 3}, xmin: 10, bound: 12},
+			{rows: []int64{4}, xmin: 11, bound: 13}, // still possibly in flight
+			{rows: []int64{5}, xmin: 12, bound: 14}, // every transaction below 12 ended: 2 never comes
 		}, wantCursor: 5, wantHigh: 5, wantGaps: "[]"},
 		{name: "part of a range arrives", reads: []read{
-			{rows: []int64{1, 6}, xmin: 10, xmax: 20},
-			{gapRows: []int64{3, 4}, xmin: 15, xmax: 21},
+			{rows: []int64{1, 6}, xmin: 10, bound: 20},
+			{gapRows: []int64{3, 4}, xmin: 15, bound: 21},
 		}, wantCursor: 1, wantHigh: 6, wantGaps: "[{2 2 20} {5 5 20}]"},
-		{name: "restart above zero", start: 100, reads: []read{{rows: []int64{102}, xmin: 5, xmax: 6}},
+		{name: "restart above zero", start: 100, reads: []read{{rows: []int64{102}, xmin: 5, bound: 6}},
 			wantCursor: 100, wantHigh: 102, wantGaps: "[{101 101 6}]"},
 	}
 	for _, tc := range tests {
@@ -53,7 +53,7 @@ func TestGapBookkeeping(t *testing.T) {
 			r := &relay{cursor: tc.start, highSeq: tc.start, high: new(atomic.Int64)}
 			for _, rd := range tc.reads {
 				r.fillGaps(rowsOf(rd.gapRows...))
-				r.extend(rowsOf(rd.rows...), rd.xmax)
+				r.extend(rowsOf(rd.rows...), rd.bound)
 				r.settleGaps(rd.xmin)
 			}
 			if r.cursor != tc.wantCursor || r.highSeq != tc.wantHigh || fmt.Sprint(r.gaps) != tc.wantGaps {

@@ -13,7 +13,11 @@ import (
 	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
-func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+func TestMain(m *testing.M) {
+	code := testenv.Main(m)
+	removeBridgeBuild() // the bridge binary of the end-to-end tests (harness_test.go)
+	os.Exit(code)
+}
 
 // TestRunEmbedded runs the bridge as `make run` does: NATS embedded, the
 // database migrated at start, probes answering, a clean stop on cancel.

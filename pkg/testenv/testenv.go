@@ -88,8 +88,12 @@ type NATSServer struct {
 	// URL is what clients connect to.
 	URL string
 	// Server is the embedded server, shut down when the test ends; nil when
-	// NATS_URL named an external one.
+	// NATS_URL named an external one. [NATSServer.Restart] replaces it.
 	Server *server.Server
+
+	// storeDir is the embedded server's JetStream directory, kept across
+	// restarts.
+	storeDir string
 }
 
 // shared is the test process's environment. It has to be process-wide: a
@@ -189,20 +193,23 @@ func NATS(t testing.TB) *NATSServer {
 	if url := os.Getenv("NATS_URL"); url != "" {
 		return &NATSServer{URL: url}
 	}
+	storeDir := t.TempDir()
 	srv, err := broker.StartEmbedded(broker.EmbeddedOptions{
 		Listen:   "127.0.0.1:-1",
-		StoreDir: t.TempDir(),
+		StoreDir: storeDir,
 		Logger:   logger(),
 	})
 	if err != nil {
 		t.Fatalf("testenv: nats: %v", err)
 	}
-	// Registered after t.TempDir's removal, so it runs before it.
+	ns := &NATSServer{URL: srv.ClientURL(), Server: srv, storeDir: storeDir}
+	// Registered after t.TempDir's removal, so it runs before it. It shuts
+	// down whichever server runs by then: Restart may have replaced srv.
 	t.Cleanup(func() {
-		srv.Shutdown()
-		srv.WaitForShutdown()
+		ns.Server.Shutdown()
+		ns.Server.WaitForShutdown()
 	})
-	return &NATSServer{URL: srv.ClientURL(), Server: srv}
+	return ns
 }
 
 // postgres returns the server and template, setting them up on first use. A

@@ -1,0 +1,69 @@
+package testenv
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// TestNATSRestart restarts the embedded server under a connected client: the
+// client sees the outage, reconnects to the same URL, and finds the stream
+// and its message again.
+func TestNATSRestart(t *testing.T) {
+	t.Parallel()
+	ns := NATS(t)
+	if ns.Server == nil {
+		t.Skip("NATS_URL is an external server, which a test cannot restart")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	nc, err := nats.Connect(ns.URL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "RESTART", Subjects: []string{"restart.*"}, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, "restart.1", []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	old := ns.Server
+
+	sawOutage := false
+	ns.RestartWith(t, func() {
+		deadline := time.Now().Add(10 * time.Second)
+		for nc.IsConnected() && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		sawOutage = !nc.IsConnected()
+	})
+	if !sawOutage {
+		t.Error("the client stayed connected while the server was down")
+	}
+	if ns.Server == old || !ns.Server.Running() {
+		t.Fatal("Restart did not replace the server with a running one")
+	}
+	if _, err := js.Publish(ctx, "restart.1", []byte("after")); err != nil {
+		t.Fatalf("publish after the restart: %v", err)
+	}
+	for seq, want := range map[uint64]string{1: "before", 2: "after"} {
+		msg, err := stream.GetMsg(ctx, seq)
+		if err != nil || string(msg.Data) != want {
+			t.Errorf("message %d = %v, %v; want %q", seq, msg, err, want)
+		}
+	}
+
+	ns.Restart(t) // a second restart, without a pause, also works
+	if _, err := js.Publish(ctx, "restart.1", []byte("again")); err != nil {
+		t.Fatalf("publish after the second restart: %v", err)
+	}
+}
