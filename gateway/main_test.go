@@ -70,7 +70,7 @@ type request struct {
 }
 
 // do sends req, reads the whole answer and checks it against api/openapi.yaml.
-func (g *testGateway) do(t *testing.T, req request) response {
+func (g *testGateway) do(t testing.TB, req request) response {
 	t.Helper()
 	var body io.Reader
 	if req.Body != "" {
@@ -116,7 +116,7 @@ type productJSON struct {
 	UpdatedAt      string `json:"updatedAt"`
 }
 
-func decodeProduct(t *testing.T, r response) productJSON {
+func decodeProduct(t testing.TB, r response) productJSON {
 	t.Helper()
 	var p productJSON
 	dec := json.NewDecoder(bytes.NewReader(r.Body))
@@ -128,7 +128,7 @@ func decodeProduct(t *testing.T, r response) productJSON {
 }
 
 // create makes a product through the API and returns it.
-func (g *testGateway) create(t *testing.T, body string) productJSON {
+func (g *testGateway) create(t testing.TB, body string) productJSON {
 	t.Helper()
 	r := g.do(t, request{Method: http.MethodPost, Path: "/products", Body: body})
 	if r.Status != http.StatusCreated {

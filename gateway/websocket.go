@@ -101,8 +101,13 @@ func (s *wsServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_ = ws.Close(websocket.StatusGoingAway, "the gateway is shutting down")
 		return
 	}
-	defer s.remove(c)
-	c.run(s.base)
+	// The socket gets a goroutine of its own and this handler returns: the
+	// HTTP goroutine's stack has grown through routing and middleware, and
+	// an idle socket should not keep it (BenchmarkIdleConnectionMemory).
+	go func() {
+		defer s.remove(c)
+		c.run(s.base)
+	}()
 }
 
 func (s *wsServer) add(c *wsConn) bool {

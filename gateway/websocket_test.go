@@ -30,7 +30,7 @@ type wsGateway struct {
 
 // newWSGateway starts a gateway on pg (a fresh database when nil) and n (a
 // fresh NATS when nil), with its hub and re-syncer running.
-func newWSGateway(t *testing.T, pg *testenv.PG, n *testenv.NATSServer, change func(*Config)) *wsGateway {
+func newWSGateway(t testing.TB, pg *testenv.PG, n *testenv.NATSServer, change func(*Config)) *wsGateway {
 	t.Helper()
 	if pg == nil {
 		pg = testenv.Postgres(t)
@@ -82,17 +82,17 @@ func newWSGateway(t *testing.T, pg *testenv.PG, n *testenv.NATSServer, change fu
 // wsClient is a test's WebSocket client. Every message it reads is checked
 // against api/asyncapi.yaml.
 type wsClient struct {
-	t         *testing.T
+	t         testing.TB
 	ws        *websocket.Conn
 	validator *apitest.MessageValidator // nil: not checked (throughput tests)
 }
 
-func (g *wsGateway) dial(t *testing.T, header http.Header) *wsClient {
+func (g *wsGateway) dial(t testing.TB, header http.Header) *wsClient {
 	t.Helper()
 	return g.dialWith(t, &websocket.DialOptions{HTTPHeader: header})
 }
 
-func (g *wsGateway) dialWith(t *testing.T, opts *websocket.DialOptions) *wsClient {
+func (g *wsGateway) dialWith(t testing.TB, opts *websocket.DialOptions) *wsClient {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -270,7 +270,7 @@ func TestWebSocketSubscribeReceiveUnsubscribe(t *testing.T) {
 	waitUntil(t, "the closed socket's subscriptions to go", func() bool { return g.g.hub.Products() == 1 }) // mine still watches 999
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
+func waitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
