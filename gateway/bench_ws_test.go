@@ -214,7 +214,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	ln.Close()
 	cmd := exec.Command(path)
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "LISTEN_ADDR="+addr,
-		"INSECURE_HTTP=true", "WS_MAX_CONNECTIONS=20000", "LOG_LEVEL=warn", "API_TOKEN=")
+		"INSECURE_HTTP=true", "WS_MAX_CONNECTIONS=20000", "LOG_LEVEL=warn", "API_TOKEN=", "DEBUG_ADDR="+os.Getenv("BENCH_DEBUG_ADDR"))
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -296,6 +296,14 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 					}
 				}
 			}
+		}
+	}
+	if debug, out := os.Getenv("BENCH_DEBUG_ADDR"), os.Getenv("BENCH_HEAP_PROFILE"); debug != "" && out != "" {
+		// make bench-profile: keep the gateway's heap profile with every socket open
+		if resp, err := http.Get("http://" + debug + "/debug/pprof/heap?gc=1"); err == nil {
+			data, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			_ = os.WriteFile(out, data, 0o644)
 		}
 	}
 	for _, ws := range clients {

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -49,8 +53,9 @@ type wsServer struct {
 	metrics *wsMetrics
 	base    context.Context // the server's; ends only after Drain
 
-	mu       sync.Mutex // guards conns and draining
+	mu       sync.Mutex // guards conns, slots and draining
 	conns    map[*wsConn]struct{}
+	slots    int // sockets open or being upgraded: at most cfg.maxConnections
 	draining bool
 	nextID   atomic.Uint64
 }
@@ -60,13 +65,17 @@ func newWSServer(base context.Context, cfg wsConfig, h *hub.Hub, cu *catchUp, lo
 }
 
 func (s *wsServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// A slot is reserved before the upgrade, so that sockets being upgraded
+	// count against the limit too.
 	s.mu.Lock()
 	refuse := ""
 	switch {
 	case s.draining:
 		refuse = "the gateway is shutting down; reconnect to another"
-	case len(s.conns) >= s.cfg.maxConnections:
+	case s.slots >= s.cfg.maxConnections:
 		refuse = "the gateway has reached its connection limit; retry later or elsewhere"
+	default:
+		s.slots++
 	}
 	s.mu.Unlock()
 	if refuse != "" {
@@ -77,11 +86,12 @@ func (s *wsServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(marshalError(&apiError{Code: codeUnavailable, Message: refuse}))
 		return
 	}
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	ws, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{
 		OriginPatterns:  s.cfg.originPatterns,
 		CompressionMode: websocket.CompressionDisabled,
 	})
 	if err != nil {
+		s.release()
 		s.metrics.refused.Inc()
 		s.logger.Info("websocket upgrade refused", "err", err, "origin", r.Header.Get("Origin"))
 		return // Accept has answered (403 for a foreign origin, 400/426 for a bad upgrade)
@@ -98,6 +108,7 @@ func (s *wsServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	c.outbox.OnConflate(s.metrics.conflated.Inc)
 	if !s.add(c) {
+		s.release()
 		_ = ws.Close(websocket.StatusGoingAway, "the gateway is shutting down")
 		return
 	}
@@ -125,7 +136,15 @@ func (s *wsServer) remove(c *wsConn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
+	s.release()
 	s.metrics.connections.Dec()
+}
+
+// release frees a connection slot.
+func (s *wsServer) release() {
+	s.mu.Lock()
+	s.slots--
+	s.mu.Unlock()
 }
 
 // Drain refuses new sockets and closes the open ones with 1001 (going
@@ -283,17 +302,18 @@ func (c *wsConn) subscribe(ctx context.Context, cmd protocol.Command) {
 			"a connection watches at most "+strconv.Itoa(c.srv.cfg.maxSubscriptions)+" products; unsubscribe some first", nil)
 		return
 	}
+	// The ack goes out before any event of these products can be queued.
+	c.answer(protocol.AppendAck(nil, cmd.ID, cmd.Name, cmd.ProductIDs))
 	if err := c.srv.hub.Subscribe(c.outbox, added); err != nil {
 		c.srv.hub.Unsubscribe(c.outbox, added)
 		c.srv.logger.Warn("subscribe failed", "conn_id", c.id, "err", err)
-		c.answerError(cmd.ID, protocol.CodeUnavailable, "the gateway cannot subscribe right now; retry", nil)
+		c.answerError(cmd.ID, protocol.CodeUnavailable, "the gateway could not subscribe after all; subscribe again", cmd.ProductIDs)
 		return
 	}
 	for _, id := range added {
 		c.subs[id] = struct{}{}
 	}
 	c.srv.metrics.subscriptions.Add(float64(len(added)))
-	c.answer(protocol.AppendAck(nil, cmd.ID, cmd.Name, cmd.ProductIDs))
 	if !cmd.Snapshot && len(cmd.Versions) == 0 {
 		return
 	}
@@ -390,6 +410,50 @@ func (c *wsConn) write(ctx context.Context) {
 		}
 	}
 }
+
+// socketBufferSize is the read and write buffer of an upgraded socket.
+// net/http hands a hijacked connection 4 KiB buffers each way, which an idle
+// socket would keep for its whole life; client commands are small, and
+// events larger than the write buffer bypass it anyway.
+const socketBufferSize = 512
+
+// smallBuffers gives coder/websocket socketBufferSize buffers instead of
+// net/http's: two thirds of a socket's idle heap otherwise
+// (BenchmarkIdleConnectionMemory, BENCHMARKS.md).
+type smallBuffers struct{ http.ResponseWriter }
+
+// Hijack takes the connection over, keeping the bytes net/http had already
+// read (a client may send its first command right after the handshake).
+func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := w.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("the response writer cannot be hijacked")
+	}
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	buffered, _ := brw.Reader.Peek(brw.Reader.Buffered())
+	pending := bytes.Clone(buffered)
+	if err := brw.Writer.Flush(); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	// The pending bytes must sit in the new reader's buffer, not behind it:
+	// coder/websocket re-points the reader at the bare connection, keeping
+	// only what is buffered.
+	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(pending), conn), max(socketBufferSize, len(pending)))
+	if len(pending) > 0 {
+		if _, err := br.Peek(len(pending)); err != nil {
+			conn.Close()
+			return nil, nil, err
+		}
+	}
+	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(conn, socketBufferSize)), nil
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (w smallBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // sleepCtx waits d or until ctx ends; it reports whether d passed.
 func sleepCtx(ctx context.Context, d time.Duration) bool {
