@@ -193,6 +193,16 @@ type wsConn struct {
 
 	reason   atomic.Pointer[closeReason] // why the gateway closed it; the first reason wins
 	finished chan struct{}
+
+	// The writer runs only while there is something to write (an idle
+	// socket then costs one goroutine, the reader's); pings run from a
+	// timer. writeCtx is set before either can start.
+	writeCtx context.Context
+	wmu      sync.Mutex // guards writing and closed
+	writing  bool       // a drain goroutine is running
+	closed   bool       // run is ending: start nothing more
+	writers  sync.WaitGroup
+	ping     *time.Timer
 }
 
 // closeReason is why the gateway ended a connection: its close code, text
@@ -216,14 +226,18 @@ func (c *wsConn) stop(code websocket.StatusCode, text, metric string) {
 	}
 }
 
-// run reads commands until the socket ends, with a writer goroutine beside
-// it; then it gives the subscriptions back. Cancelling base (the server
-// going away without a drain) drops the socket at once.
+// run reads commands until the socket ends, while drain goroutines write
+// what the outbox holds; then it gives the subscriptions back. Cancelling
+// base (the server going away without a drain) drops the socket at once.
 func (c *wsConn) run(base context.Context) {
 	defer close(c.finished)
 	writeCtx, stopWriter := context.WithCancel(base)
-	var writer sync.WaitGroup
-	writer.Go(func() { c.write(writeCtx) })
+	c.writeCtx = writeCtx
+	c.outbox.OnReady(c.kick)
+	c.wmu.Lock()
+	c.ping = time.AfterFunc(c.srv.cfg.pingInterval, c.pinger)
+	c.wmu.Unlock()
+
 	readErr := c.read(base)
 	if r, ok := readErr.(*closeReason); ok {
 		c.reason.CompareAndSwap(nil, r)
@@ -231,8 +245,12 @@ func (c *wsConn) run(base context.Context) {
 			_ = c.ws.Close(r.code, r.text)
 		}
 	}
+	c.wmu.Lock()
+	c.closed = true
+	c.ping.Stop()
+	c.wmu.Unlock()
 	stopWriter()
-	writer.Wait()
+	c.writers.Wait() // every Add happened under wmu before closed was set
 	c.ws.CloseNow()
 
 	ids := make([]int64, 0, len(c.subs))
@@ -361,54 +379,101 @@ func (c *wsConn) answer(msg []byte) {
 	}
 }
 
-// write sends what the outbox holds, pings when idle, and drops the client
-// when a write or ping times out or an event has waited too long.
-func (c *wsConn) write(ctx context.Context) {
-	ping := time.NewTicker(c.srv.cfg.pingInterval)
-	defer ping.Stop()
+// kick is the outbox's ready hook: it starts a drain goroutine unless one
+// runs or the connection is ending.
+func (c *wsConn) kick() {
+	c.wmu.Lock()
+	if c.writing || c.closed {
+		c.wmu.Unlock()
+		return
+	}
+	c.writing = true
+	c.writers.Add(1)
+	c.wmu.Unlock()
+	go c.drain()
+}
+
+// drain writes what the outbox holds and ends when it is empty. It drops
+// the client when a write times out or an event has waited too long.
+func (c *wsConn) drain() {
+	defer c.writers.Done()
+	ctx := c.writeCtx
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-ping.C:
-			pctx, cancel := context.WithTimeout(ctx, c.srv.cfg.writeTimeout)
-			err := c.ws.Ping(pctx)
-			timedOut := errors.Is(pctx.Err(), context.DeadlineExceeded)
-			cancel()
-			if err != nil && timedOut {
-				c.reason.CompareAndSwap(nil, &closeReason{code: websocket.StatusPolicyViolation, text: "ping timeout", metric: "ping_timeout"})
-				c.ws.CloseNow()
+		msg, queued, ok := c.outbox.Pop()
+		if !ok {
+			c.wmu.Lock()
+			// Something queued after Pop found nothing saw writing set and
+			// started nothing: look again before leaving.
+			if c.closed || c.outbox.Len() == 0 {
+				c.writing = false
+				c.wmu.Unlock()
 				return
 			}
-		case <-c.outbox.Ready():
-			for {
-				msg, queued, ok := c.outbox.Pop()
-				if !ok {
-					break
-				}
-				if !queued.IsZero() && time.Since(queued) > c.srv.cfg.slowAfter {
-					c.stop(closeTooSlow, "too slow: changes waited over "+c.srv.cfg.slowAfter.String(), "slow")
-					return
-				}
-				wctx, cancel := context.WithTimeout(ctx, c.srv.cfg.writeTimeout)
-				err := c.ws.Write(wctx, websocket.MessageText, msg)
-				timedOut := errors.Is(wctx.Err(), context.DeadlineExceeded)
-				cancel()
-				if err != nil {
-					// A deadline (not a cancel) means the socket is stuck: no
-					// close frame can get through. coder/websocket closed it
-					// already, so the reader may have ended first: record the
-					// reason even if ctx is cancelled by now.
-					if timedOut {
-						c.reason.CompareAndSwap(nil, &closeReason{code: websocket.StatusPolicyViolation, text: "write timeout", metric: "write_timeout"})
-						c.ws.CloseNow()
-					}
-					return
-				}
-				c.srv.metrics.sent(msg, queued)
-			}
+			c.wmu.Unlock()
+			continue
 		}
+		if ctx.Err() != nil {
+			c.wmu.Lock()
+			c.writing = false
+			c.wmu.Unlock()
+			return
+		}
+		if !queued.IsZero() && time.Since(queued) > c.srv.cfg.slowAfter {
+			c.stop(closeTooSlow, "too slow: changes waited over "+c.srv.cfg.slowAfter.String(), "slow")
+			c.wmu.Lock()
+			c.writing = false
+			c.wmu.Unlock()
+			return
+		}
+		wctx, cancel := context.WithTimeout(ctx, c.srv.cfg.writeTimeout)
+		err := c.ws.Write(wctx, websocket.MessageText, msg)
+		timedOut := errors.Is(wctx.Err(), context.DeadlineExceeded)
+		cancel()
+		if err != nil {
+			// A deadline (not a cancel) means the socket is stuck: no close
+			// frame can get through. coder/websocket closed it already, so
+			// the reader may have ended first: record the reason even if
+			// ctx is cancelled by now.
+			if timedOut {
+				c.reason.CompareAndSwap(nil, &closeReason{code: websocket.StatusPolicyViolation, text: "write timeout", metric: "write_timeout"})
+				c.ws.CloseNow()
+			}
+			c.wmu.Lock()
+			c.writing = false
+			c.wmu.Unlock()
+			return
+		}
+		c.srv.metrics.sent(msg, queued)
 	}
+}
+
+// pinger pings the client from the ping timer and re-arms it; a ping that
+// gets no pong within the write timeout drops the client.
+func (c *wsConn) pinger() {
+	c.wmu.Lock()
+	if c.closed {
+		c.wmu.Unlock()
+		return
+	}
+	c.writers.Add(1)
+	c.wmu.Unlock()
+	defer c.writers.Done()
+	pctx, cancel := context.WithTimeout(c.writeCtx, c.srv.cfg.writeTimeout)
+	err := c.ws.Ping(pctx)
+	timedOut := errors.Is(pctx.Err(), context.DeadlineExceeded)
+	cancel()
+	if err != nil {
+		if timedOut {
+			c.reason.CompareAndSwap(nil, &closeReason{code: websocket.StatusPolicyViolation, text: "ping timeout", metric: "ping_timeout"})
+			c.ws.CloseNow()
+		}
+		return
+	}
+	c.wmu.Lock()
+	if !c.closed {
+		c.ping.Reset(c.srv.cfg.pingInterval)
+	}
+	c.wmu.Unlock()
 }
 
 // socketBufferSize is the read and write buffer of an upgraded socket.

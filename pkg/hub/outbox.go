@@ -32,7 +32,14 @@ type Outbox struct {
 	conflated  int64
 	stale      int64
 	onConflate func() // optional metric hook; must not block or allocate
+	notify     func() // optional: called instead of signalling ready
 }
+
+// OnReady sets a function called (outside the outbox's lock) each time
+// something is queued, instead of signalling the Ready channel: a writer
+// that runs only while there is something to write starts from it. Set it
+// before the outbox is shared; it must not block.
+func (o *Outbox) OnReady(f func()) { o.notify = f }
 
 // OnConflate sets a function called (under the outbox's lock) each time an
 // event replaces a waiting one. Set it before the outbox is shared.
@@ -94,6 +101,10 @@ func (o *Outbox) Control(msg []byte) error {
 }
 
 func (o *Outbox) signal() {
+	if o.notify != nil {
+		o.notify()
+		return
+	}
 	select {
 	case o.ready <- struct{}{}:
 	default:
