@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/productwatch/productwatch/pkg/broker"
@@ -64,6 +65,8 @@ func newGateway(cfg Config, db *sql.DB, nc *nats.Conn, queue *resyncQueue, logge
 		cu := &catchUp{db: db}
 		g.wsBase, g.stopWS = context.WithCancel(context.Background())
 		g.ws = newWSServer(g.wsBase, cfg.wsConfig(), g.hub, cu, logger, metrics)
+		registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "productwatch_ws_queued_messages",
+			Help: "Messages waiting in all connections' queues (at most one event per watched product each)."}, g.ws.queued))
 		g.resyncer = &resyncer{queue: queue, hub: g.hub, catchUp: cu, logger: logger, metrics: metrics}
 		websocket = g.ws
 		probes.Add("nats", func(context.Context) error {

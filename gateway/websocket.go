@@ -64,6 +64,18 @@ func newWSServer(base context.Context, cfg wsConfig, h *hub.Hub, cu *catchUp, lo
 	return &wsServer{cfg: cfg, hub: h, catchUp: cu, logger: logger, metrics: m, base: base, conns: make(map[*wsConn]struct{})}
 }
 
+// queued returns how many messages wait in all connections' queues (for the
+// queue depth metric; it visits every connection, so only scrapes call it).
+func (s *wsServer) queued() float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for c := range s.conns {
+		n += c.outbox.Len()
+	}
+	return float64(n)
+}
+
 func (s *wsServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// A slot is reserved before the upgrade, so that sockets being upgraded
 	// count against the limit too.

@@ -111,6 +111,9 @@ func TestStalledClient(t *testing.T) {
 	if testutil.ToFloat64(g.g.ws.metrics.conflated) == 0 {
 		t.Error("nothing was conflated for the stalled client")
 	}
+	if q := g.g.ws.queued(); q > products {
+		t.Errorf("%v messages queued, more than one per watched product", q)
+	}
 	waitUntil(t, "its subscriptions to go", func() bool {
 		return testutil.ToFloat64(g.g.ws.metrics.subscriptions) == products*readers
 	})
