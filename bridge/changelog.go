@@ -1,20 +1,21 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/lib/pq"
 )
 
-// snapshot is the part of a PostgreSQL snapshot the relay reasons with.
-// Every transaction with an id below xmin has ended; every id at or above
-// xmax was assigned after the snapshot was taken.
+// snapshot is the part of a PostgreSQL snapshot the relay reasons with:
+// every transaction with an id below xmin has ended.
 type snapshot struct {
-	xmin, xmax uint64
+	xmin uint64
 }
 
 // gap is a range of seqs that the log did not show although later seqs were
@@ -33,8 +34,9 @@ type gap struct {
 // database, on a connection of its own (session settings, no pool churn). A
 // broken connection is closed and a new one opened on the next call.
 type logReader struct {
-	db   *sql.DB
-	conn *sql.Conn // nil when closed
+	db       *sql.DB
+	conn     *sql.Conn // nil when closed
+	readStmt *sql.Stmt // readQuery, prepared on conn
 }
 
 // open takes a connection from the pool, unless one is open. The session
@@ -52,13 +54,19 @@ func (lr *logReader) open(ctx context.Context) error {
 		conn.Close()
 		return fmt.Errorf("change log connection: %w", err)
 	}
-	lr.conn = conn
+	stmt, err := conn.PrepareContext(ctx, readQuery)
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("prepare the change log read: %w", err)
+	}
+	lr.conn, lr.readStmt = conn, stmt
 	return nil
 }
 
 // close discards the connection.
 func (lr *logReader) close() {
 	if lr.conn != nil {
+		lr.readStmt.Close()
 		// Never back to the pool: it may be broken, and its session commits
 		// asynchronously, which no other user of the pool should inherit.
 		_ = lr.conn.Raw(func(any) error { return driver.ErrBadConn })
@@ -67,58 +75,66 @@ func (lr *logReader) close() {
 	}
 }
 
-// read returns, in one REPEATABLE READ snapshot: the snapshot itself, the
-// visible changes in the gaps (all of them), and up to limit visible changes
-// above high, each in seq order.
+// readQuery reads, in ONE statement and so in one snapshot, that
+// snapshot's xmin (the row whose seq is NULL), the visible changes inside
+// the gaps ($3, $4: their bounds), and up to $2 changes above $1. One
+// statement is one round trip: the relay's latency is mostly round trips
+// (BENCHMARKS.md). pg_current_snapshot() is the statement's own snapshot.
+// The branches' order is not guaranteed; read sorts.
+const readQuery = `
+SELECT NULL::bigint, NULL::bigint, NULL::timestamptz, pg_snapshot_xmin(pg_current_snapshot())::text
+UNION ALL
+SELECT c.seq, c.product_id, c.changed_at, c.event::text
+  FROM product_changes c JOIN unnest($3::bigint[], $4::bigint[]) AS g(lo, hi) ON c.seq BETWEEN g.lo AND g.hi
+UNION ALL
+SELECT * FROM (SELECT seq, product_id, changed_at, event::text FROM product_changes
+                WHERE seq > $1 ORDER BY seq LIMIT $2) AS above`
+
+// read returns, in one snapshot: the snapshot, the visible changes in the
+// gaps (all of them), and up to limit visible changes above high, each in
+// seq order.
 func (lr *logReader) read(ctx context.Context, high int64, gaps []gap, limit int) (snap snapshot, gapRows, rows []changeRow, err error) {
-	tx, err := lr.conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+	los, his := make([]int64, len(gaps)), make([]int64, len(gaps))
+	for i, g := range gaps {
+		los[i], his[i] = g.lo, g.hi
+	}
+	rs, err := lr.readStmt.QueryContext(ctx, high, limit, pq.Array(los), pq.Array(his))
 	if err != nil {
-		return snapshot{}, nil, nil, fmt.Errorf("read change log: %w", err)
-	}
-	defer tx.Rollback() //nolint:errcheck // read-only; Commit below ends it
-
-	if snap, err = scanSnapshot(tx.QueryRowContext(ctx, snapshotQuery)); err != nil {
-		return snapshot{}, nil, nil, err
-	}
-
-	if len(gaps) > 0 {
-		los, his := make([]int64, len(gaps)), make([]int64, len(gaps))
-		for i, g := range gaps {
-			los[i], his[i] = g.lo, g.hi
-		}
-		if gapRows, err = queryRows(ctx, tx,
-			`SELECT c.seq, c.product_id, c.changed_at, c.event::text
-			 FROM product_changes c JOIN unnest($1::bigint[], $2::bigint[]) AS g(lo, hi) ON c.seq BETWEEN g.lo AND g.hi
-			 ORDER BY c.seq`, pq.Array(los), pq.Array(his)); err != nil {
-			return snapshot{}, nil, nil, fmt.Errorf("read gaps: %w", err)
-		}
-	}
-	if rows, err = queryRows(ctx, tx,
-		`SELECT seq, product_id, changed_at, event::text FROM product_changes
-		 WHERE seq > $1 ORDER BY seq LIMIT $2`, high, limit); err != nil {
-		return snapshot{}, nil, nil, fmt.Errorf("read changes after %d: %w", high, err)
-	}
-	if err := tx.Commit(); err != nil {
-		return snapshot{}, nil, nil, fmt.Errorf("read change log: %w", err)
-	}
-	return snap, gapRows, rows, nil
-}
-
-func queryRows(ctx context.Context, tx *sql.Tx, query string, args ...any) ([]changeRow, error) {
-	rs, err := tx.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, err
+		return snapshot{}, nil, nil, fmt.Errorf("read change log after %d: %w", high, err)
 	}
 	defer rs.Close()
-	var out []changeRow
+	gotSnapshot := false
 	for rs.Next() {
-		var r changeRow
-		if err := rs.Scan(&r.seq, &r.productID, &r.changedAt, &r.event); err != nil {
-			return nil, err
+		var seq, productID sql.NullInt64
+		var changedAt sql.NullTime
+		var text []byte
+		if err := rs.Scan(&seq, &productID, &changedAt, &text); err != nil {
+			return snapshot{}, nil, nil, fmt.Errorf("read change log: %w", err)
 		}
-		out = append(out, r)
+		if !seq.Valid {
+			if snap.xmin, err = strconv.ParseUint(string(text), 10, 64); err != nil {
+				return snapshot{}, nil, nil, fmt.Errorf("snapshot xmin %q: %w", text, err)
+			}
+			gotSnapshot = true
+			continue
+		}
+		r := changeRow{seq: seq.Int64, productID: productID.Int64, changedAt: changedAt.Time, event: text}
+		if r.seq > high {
+			rows = append(rows, r)
+		} else {
+			gapRows = append(gapRows, r)
+		}
 	}
-	return out, rs.Err()
+	if err := rs.Err(); err != nil {
+		return snapshot{}, nil, nil, fmt.Errorf("read change log: %w", err)
+	}
+	if !gotSnapshot {
+		return snapshot{}, nil, nil, fmt.Errorf("read change log: no snapshot row")
+	}
+	bySeq := func(a, b changeRow) int { return cmp.Compare(a.seq, b.seq) }
+	slices.SortFunc(gapRows, bySeq)
+	slices.SortFunc(rows, bySeq)
+	return snap, gapRows, rows, nil
 }
 
 // loadCursor reads the persisted cursor and published high.
@@ -172,23 +188,4 @@ func (lr *logReader) nextXid(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("transaction id %q: %w", xid, err)
 	}
 	return n, nil
-}
-
-const snapshotQuery = `SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text FROM pg_current_snapshot() AS s`
-
-// scanSnapshot reads the result of snapshotQuery (xid8 travels as text).
-func scanSnapshot(row *sql.Row) (snapshot, error) {
-	var xmin, xmax string
-	if err := row.Scan(&xmin, &xmax); err != nil {
-		return snapshot{}, fmt.Errorf("read snapshot: %w", err)
-	}
-	var snap snapshot
-	var err error
-	if snap.xmin, err = strconv.ParseUint(xmin, 10, 64); err != nil {
-		return snapshot{}, fmt.Errorf("snapshot xmin %q: %w", xmin, err)
-	}
-	if snap.xmax, err = strconv.ParseUint(xmax, 10, 64); err != nil {
-		return snapshot{}, fmt.Errorf("snapshot xmax %q: %w", xmax, err)
-	}
-	return snap, nil
 }
