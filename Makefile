@@ -6,11 +6,14 @@ GO           ?= go
 BIN          := $(CURDIR)/bin
 STATICCHECK  := $(BIN)/staticcheck
 STATICCHECK_VERSION := v0.8.2
+NATS_CLI     := $(BIN)/nats
+# The nats CLI the README's examples use; bridge/natscli_test.go pins the same.
+NATS_CLI_VERSION := v0.5.0
 FUZZTIME     ?= 30s
 BENCHTIME    ?= 5000x
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build run migrate test test-short lint fmt fuzz bench clean
+.PHONY: all build run migrate test test-short lint fmt fuzz bench clean tools
 
 all: lint test
 
@@ -29,7 +32,7 @@ migrate:
 	$(GO) run ./deploy/devrun -migrate
 
 ## test: lint, then every test with the race detector against real PostgreSQL and NATS
-test: lint
+test: lint tools
 	$(GO) test -race -count=1 -timeout 12m ./...
 
 ## test-short: the tests without lint, for a quick loop
@@ -38,6 +41,14 @@ test-short:
 
 $(STATICCHECK):
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+## tools: install the tools the targets and tests use into bin/: staticcheck, and the
+## nats CLI (bridge/natscli_test.go runs it; it reinstalls when bin/nats is another version)
+tools: $(STATICCHECK)
+	@if [ "$$($(NATS_CLI) --version 2>/dev/null)" != "$(NATS_CLI_VERSION)" ]; then \
+		echo "GOBIN=$(BIN) $(GO) install github.com/nats-io/natscli/nats@$(NATS_CLI_VERSION)"; \
+		GOBIN=$(BIN) $(GO) install github.com/nats-io/natscli/nats@$(NATS_CLI_VERSION); \
+	fi
 
 ## lint: gofmt, go vet and staticcheck must all be silent
 lint: $(STATICCHECK)
@@ -53,10 +64,11 @@ fmt:
 fuzz:
 	$(GO) test ./pkg/product -run '^$$' -fuzz '^FuzzParsePrice$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/product -run '^$$' -fuzz '^FuzzDecodeInput$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/protocol -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/pgserver -run '^$$' -fuzz '^FuzzWithDatabase$$' -fuzztime $(FUZZTIME)
 
 ## bench: the Go benchmarks (BenchmarkPgbenchUpdate runs pgbench beside the PUT path); see BENCHMARKS.md
-bench:
+bench: tools
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
 
 clean:
