@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -160,20 +159,6 @@ func tinyReceiveBuffer() *net.Dialer {
 	}}
 }
 
-// gatewayBinary builds the gateway once per test process.
-var gatewayBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "pw-gateway-bench-")
-	if err != nil {
-		return "", err
-	}
-	path := filepath.Join(dir, "gateway")
-	cmd := exec.Command("go", "build", "-o", path, ".")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build gateway: %v\n%s", err, out)
-	}
-	return path, nil
-})
-
 // rssKiB reads a process's resident set size.
 func rssKiB(pid int) (int64, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
@@ -201,7 +186,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 		lim.Cur = max(lim.Cur, min(lim.Max, 4*conns))
 		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) // the gateway inherits it
 	}
-	path, err := gatewayBinary()
+	path, err := buildProgram("gateway")
 	if err != nil {
 		b.Fatal(err)
 	}
