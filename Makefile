@@ -42,9 +42,16 @@ test-short:
 $(STATICCHECK):
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
-## tools: install the tools the targets and tests use into bin/: staticcheck, and the
-## nats CLI (bridge/natscli_test.go runs it; it reinstalls when bin/nats is another version)
+## tools: install the tools the targets and tests use: staticcheck and the nats CLI into bin/
+## (bridge/natscli_test.go runs it; it reinstalls when bin/nats is another version), and
+## Debian's nghttp2-client (server push test) and chromium (browser tests) when missing
 tools: $(STATICCHECK)
+	@missing=""; command -v nghttp >/dev/null || missing="$$missing nghttp2-client"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		echo "apt-get install$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 	@if [ "$$($(NATS_CLI) --version 2>/dev/null)" != "$(NATS_CLI_VERSION)" ]; then \
 		echo "GOBIN=$(BIN) $(GO) install github.com/nats-io/natscli/nats@$(NATS_CLI_VERSION)"; \
 		GOBIN=$(BIN) $(GO) install github.com/nats-io/natscli/nats@$(NATS_CLI_VERSION); \

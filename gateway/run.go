@@ -76,7 +76,12 @@ func newGateway(cfg Config, db *sql.DB, nc *nats.Conn, queue *resyncQueue, logge
 			return nil
 		})
 	}
+	web, err := newWebAssets(cfg.HSTSMaxAge)
+	if err != nil {
+		return nil, err
+	}
 	g.handler = newRouter(routerDeps{
+		web:          web,
 		logger:       logger,
 		store:        product.NewStore(db),
 		probes:       probes,

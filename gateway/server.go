@@ -27,6 +27,7 @@ type routerDeps struct {
 	probes       *health.Probes
 	registry     *prometheus.Registry
 	websocket    http.Handler // /websocket: plain net/http, never wrapped in compression
+	web          *webAssets   // the page and its assets
 	apiToken     string
 	maxBodyBytes int64
 }
@@ -45,6 +46,14 @@ func newRouter(deps routerDeps) http.Handler {
 	e.GET("/readyz", echo.WrapHandler(deps.probes.ReadyHandler()))
 	e.GET("/metrics", echo.WrapHandler(health.MetricsHandler(deps.registry)))
 	e.GET("/websocket", echo.WrapHandler(deps.websocket))
+	e.GET("/", echo.WrapHandler(http.HandlerFunc(deps.web.index)))
+	for _, name := range deps.web.names() {
+		handler := http.HandlerFunc(deps.web.file)
+		if name == "/index.html" {
+			handler = deps.web.index
+		}
+		e.GET(name, echo.WrapHandler(handler))
+	}
 
 	h := &productHandlers{store: deps.store, maxBodyBytes: deps.maxBodyBytes}
 	auth := requireToken(deps.apiToken)
