@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"crypto/tls"
 	"encoding/json"
 	"io"
 	"net"
@@ -87,29 +85,9 @@ func TestDatabaseDown(t *testing.T) {
 // HTTP/2 by ALPN, migrations applied at start, graceful stop on cancel.
 func TestServeTLS(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	cfg, err := loadConfig([]string{"-listen-addr", "127.0.0.1:0", "-shutdown-timeout", "5s"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.DatabaseURL = pg.DSN
-	g, err := newGateway(cfg, pg.DB, nil, newResyncQueue(), testenv.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", cfg.ListenAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- g.Serve(ctx, ln) }()
-
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // the development certificate
-		ForceAttemptHTTP2: true,
-	}}
-	resp, err := client.Get("https://" + ln.Addr().String() + "/readyz")
+	base, stop := servePage(t)
+	client := h2Client()
+	resp, err := client.Get(base + "/readyz")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,16 +100,17 @@ func TestServeTLS(t *testing.T) {
 		t.Error("development certificate does not name localhost")
 	}
 
-	cancel()
+	returned := make(chan error, 1)
+	go func() { returned <- stop() }()
 	select {
-	case err := <-served:
+	case err := <-returned:
 		if err != nil {
 			t.Fatalf("Serve returned %v", err)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Serve did not return after cancel")
 	}
-	if _, err := client.Get("https://" + ln.Addr().String() + "/healthz"); err == nil {
+	if _, err := client.Get(base + "/healthz"); err == nil {
 		t.Error("server still answers after shutdown")
 	}
 }

@@ -11,18 +11,20 @@ import (
 	"net/textproto"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
-// servePage runs the real server (HTTPS, HTTP/2, self-signed) and returns
-// its base URL.
-func servePage(t *testing.T) string {
+// servePage runs the real server (HTTPS, HTTP/2, self-signed, on a fresh
+// database, no NATS) and returns its base URL and a stop function that
+// cancels it and returns what Serve returned (also called at cleanup).
+func servePage(t *testing.T) (string, func() error) {
 	t.Helper()
 	pg := testenv.Postgres(t)
-	cfg, err := loadConfig([]string{"-listen-addr", "127.0.0.1:0", "-hsts-max-age", "600"})
+	cfg, err := loadConfig([]string{"-listen-addr", "127.0.0.1:0", "-hsts-max-age", "600", "-shutdown-timeout", "5s"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,8 +40,14 @@ func servePage(t *testing.T) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- g.Serve(ctx, ln) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return "https://" + ln.Addr().String()
+	var once sync.Once
+	var served error
+	stop := func() error {
+		once.Do(func() { cancel(); served = <-done })
+		return served
+	}
+	t.Cleanup(func() { _ = stop() })
+	return "https://" + ln.Addr().String(), stop
 }
 
 func h2Client() *http.Client {
@@ -55,7 +63,7 @@ func h2Client() *http.Client {
 // ETag (304 on revalidation) and gzip when asked.
 func TestPageEarlyHintsAndHeaders(t *testing.T) {
 	t.Parallel()
-	base := servePage(t)
+	base, _ := servePage(t)
 	var hints []http.Header
 	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
 		if code == http.StatusEarlyHints {
@@ -124,7 +132,7 @@ func TestServerPush(t *testing.T) {
 	if err != nil {
 		t.Fatal("nghttp not found: run `make tools` (it installs Debian's nghttp2-client)")
 	}
-	base := servePage(t)
+	base, _ := servePage(t)
 	run := func(args ...string) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
