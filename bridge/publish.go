@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/productwatch/productwatch/pkg/change"
 )
@@ -143,19 +144,32 @@ func (p *publisher) sendWave(ctx context.Context, rows []changeRow, verify func(
 }
 
 // skipPublished drops the rows the stream already holds, when always is set
-// or verify asks for the row's seq.
+// or verify asks for the row's seq. The rows of a wave are of distinct
+// products, so their checks are independent: they run concurrently (up to
+// 32 at a time), which keeps a restarted bridge's first batches (thousands
+// of checks) from taking a round trip each in turn.
 func (p *publisher) skipPublished(ctx context.Context, rows []changeRow, always bool, verify func(seq int64) bool) ([]changeRow, error) {
-	kept := rows[:0:0]
-	for _, r := range rows {
+	check := make([]bool, len(rows))
+	there := make([]bool, len(rows))
+	group, gctx := errgroup.WithContext(ctx)
+	group.SetLimit(32)
+	for i, r := range rows {
 		if !always && (verify == nil || !verify(r.seq)) {
-			kept = append(kept, r)
 			continue
 		}
-		there, err := p.inStream(ctx, r)
-		if err != nil {
-			return nil, err
-		}
-		if there {
+		check[i] = true
+		group.Go(func() error {
+			in, err := p.inStream(gctx, r)
+			there[i] = in
+			return err
+		})
+	}
+	if err := group.Wait(); err != nil {
+		return nil, err
+	}
+	kept := rows[:0:0]
+	for i, r := range rows {
+		if check[i] && there[i] {
 			p.metrics.skippedPublished.Inc()
 			continue
 		}
