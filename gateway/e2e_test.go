@@ -207,7 +207,17 @@ func TestNATSRestartUnderLoad(t *testing.T) {
 		}
 	}
 	writes(3)
-	n.RestartWith(t, func() { writes(3) }) // changes made while NATS is down
+	n.RestartWith(t, func() {
+		// While NATS is down the gateway says it is not ready.
+		waitUntil(t, "the gateway to report NATS down", func() bool {
+			r := g.do(t, request{Method: http.MethodGet, Path: "/readyz"})
+			return r.Status == http.StatusServiceUnavailable && strings.Contains(string(r.Body), `"nats":"NATS`)
+		})
+		writes(3) // changes made while NATS is down
+	})
+	waitUntil(t, "the gateway to be ready again", func() bool {
+		return g.do(t, request{Method: http.MethodGet, Path: "/readyz"}).Status == http.StatusOK
+	})
 	writes(2)
 
 	want := map[int64]int64{}
