@@ -108,7 +108,10 @@ var benchWriteVariants = []benchWriteVariant{
 // held every change (catchup_ms); and productwatch's rate as a percentage of
 // log-only's (%log-only), when both ran in the same invocation.
 func BenchmarkBridgeWritePath(b *testing.B) {
-	pgbench := benchPgbenchPath(b)
+	pgbench, err := pgserver.Tool("pgbench")
+	if err != nil {
+		b.Fatal(err)
+	}
 	script, err := filepath.Abs(benchWriteScript)
 	if err != nil {
 		b.Fatal(err)
@@ -331,18 +334,6 @@ func parsePgbench(out string) (pgbenchResult, error) {
 	return r, errors.Join(errs...)
 }
 
-// benchPgbenchPath finds pgbench on PATH or beside the server binaries. (The
-// gateway's benchmark has the same lookup; pkg/pgserver could offer it.)
-func benchPgbenchPath(b *testing.B) string {
-	if path, err := exec.LookPath("pgbench"); err == nil {
-		return path
-	}
-	dir, err := pgserver.FindBinDir()
-	if err != nil {
-		b.Skipf("pgbench not found: %v", err)
-	}
-	return filepath.Join(dir, "pgbench")
-}
 
 func benchExec(b *testing.B, db *sql.DB, query string, args ...any) {
 	b.Helper()

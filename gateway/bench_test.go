@@ -104,7 +104,10 @@ UPDATE products SET manufacturer = 'Apple', product_name = 'MacBook ' || :id, pr
 // server, schema and trigger: the floor the HTTP write path is compared to.
 // b.N transactions are spread over the clients.
 func BenchmarkPgbenchUpdate(b *testing.B) {
-	pgbench := findPgbench(b)
+	pgbench, err := pgserver.Tool("pgbench")
+	if err != nil {
+		b.Fatal(err)
+	}
 	for _, clients := range []int{1, 16} {
 		b.Run("clients="+strconv.Itoa(clients), func(b *testing.B) {
 			pg := testenv.Postgres(b)
@@ -128,15 +131,4 @@ func BenchmarkPgbenchUpdate(b *testing.B) {
 			b.ReportMetric(float64(perClient*clients)/b.Elapsed().Seconds(), "updates/s")
 		})
 	}
-}
-
-func findPgbench(b *testing.B) string {
-	if path, err := exec.LookPath("pgbench"); err == nil {
-		return path
-	}
-	dir, err := pgserver.FindBinDir()
-	if err != nil {
-		b.Fatal(err)
-	}
-	return filepath.Join(dir, "pgbench")
 }

@@ -62,7 +62,7 @@ func BenchmarkDeliveryLatency(b *testing.B) {
 						if err != nil {
 							return
 						}
-						if at, ok := changedAt(data); ok {
+						if at, ok := change.ChangedAt(data); ok {
 							latencies[i] = append(latencies[i], time.Since(at))
 						}
 						id, v := productAndVersion(data)
@@ -134,22 +134,6 @@ func productAndVersion(data []byte) (int64, int64) {
 	return id, v
 }
 
-// changedAt reads the changedAt of an event.
-func changedAt(data []byte) (time.Time, bool) {
-	s := string(data)
-	i := strings.Index(s, `"changedAt":"`)
-	if i < 0 {
-		return time.Time{}, false
-	}
-	s = s[i+len(`"changedAt":"`):]
-	j := strings.IndexByte(s, '"')
-	if j < 0 {
-		return time.Time{}, false
-	}
-	at, err := time.Parse(time.RFC3339Nano, s[:j])
-	return at, err == nil
-}
-
 // tinyReceiveBuffer dials sockets with a 4 KiB receive buffer.
 func tinyReceiveBuffer() *net.Dialer {
 	return &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
@@ -208,14 +192,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
 	}()
-	waitUntil(b, "the gateway to be ready", func() bool {
-		resp, err := http.Get("http://" + addr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	waitReady(b, "the gateway", "http://"+addr)
 	before, err := rssKiB(cmd.Process.Pid)
 	if err != nil {
 		b.Fatal(err)

@@ -79,8 +79,14 @@ func startBridge(t *testing.T, pg *testenv.PG, n *testenv.NATSServer) {
 			t.Logf("bridge output:\n%s", out.String())
 		}
 	})
-	waitUntil(t, "the bridge to be ready", func() bool {
-		resp, err := http.Get("http://" + metrics + "/readyz")
+	waitReady(t, "the bridge", "http://"+metrics)
+}
+
+// waitReady waits until base/readyz answers 200.
+func waitReady(t testing.TB, what, base string) {
+	t.Helper()
+	waitUntil(t, what+" to be ready", func() bool {
+		resp, err := http.Get(base + "/readyz")
 		if err != nil {
 			return false
 		}

@@ -1,11 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/productwatch/productwatch/pkg/change"
 	"github.com/productwatch/productwatch/pkg/hub"
 )
 
@@ -60,8 +60,6 @@ func newWSMetrics(reg prometheus.Registerer, h *hub.Hub) *wsMetrics {
 	return m
 }
 
-var changedAtKey = []byte(`"changedAt":"`)
-
 // sent records a written message; queued is zero for answers.
 func (m *wsMetrics) sent(msg []byte, queued time.Time) {
 	m.eventsOut.Inc()
@@ -70,12 +68,7 @@ func (m *wsMetrics) sent(msg []byte, queued time.Time) {
 	}
 	now := time.Now()
 	m.queueWait.Observe(now.Sub(queued).Seconds())
-	if i := bytes.Index(msg, changedAtKey); i >= 0 {
-		rest := msg[i+len(changedAtKey):]
-		if j := bytes.IndexByte(rest, '"'); j > 0 {
-			if at, err := time.Parse(time.RFC3339Nano, string(rest[:j])); err == nil {
-				m.deliveryLatency.Observe(now.Sub(at).Seconds())
-			}
-		}
+	if at, ok := change.ChangedAt(msg); ok { // snapshots have no changedAt
+		m.deliveryLatency.Observe(now.Sub(at).Seconds())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"math"
 	"testing"
+	"time"
 )
 
 func TestSubject(t *testing.T) {
@@ -61,5 +62,22 @@ func TestEventVersion(t *testing.T) {
 	ev := []byte(tests[0].event)
 	if allocs := testing.AllocsPerRun(100, func() { EventVersion(ev) }); allocs != 0 {
 		t.Errorf("EventVersion allocates %v times", allocs)
+	}
+}
+
+func TestChangedAt(t *testing.T) {
+	ev := []byte(`{"seq":1,"action":"UPDATE","productId":1,"version":7,"changedAt":"2026-11-25T01:02:03.456789Z","product":{"updatedAt":"2000-01-01T00:00:00.000000Z"}}`)
+	at, ok := ChangedAt(ev)
+	want, _ := time.Parse(time.RFC3339Nano, "2026-11-25T01:02:03.456789Z")
+	if !ok || !at.Equal(want) {
+		t.Errorf("ChangedAt = %v %v, want %v", at, ok, want)
+	}
+	for _, bad := range []string{`{"action":"SNAPSHOT"}`, `{"changedAt":"2026-11-25"}`, `{"changedAt":"2026-11-25T01:02:03.45678xZ"}`} {
+		if _, ok := ChangedAt([]byte(bad)); ok {
+			t.Errorf("ChangedAt(%s) accepted", bad)
+		}
+	}
+	if allocs := testing.AllocsPerRun(100, func() { ChangedAt(ev) }); allocs != 0 {
+		t.Errorf("ChangedAt allocates %v times", allocs)
 	}
 }

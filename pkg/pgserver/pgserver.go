@@ -175,3 +175,20 @@ func resolve(ctx context.Context, privateDir string, logger *slog.Logger,
 	}
 	return cluster.DSN("postgres"), cluster, nil
 }
+
+// Tool returns the path of a PostgreSQL client program such as pgbench or
+// psql: on PATH, else beside initdb and pg_ctl (see FindBinDir).
+func Tool(name string) (string, error) {
+	if path, err := exec.LookPath(name); err == nil {
+		return path, nil
+	}
+	dir, err := FindBinDir()
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", name, err)
+	}
+	path := filepath.Join(dir, name)
+	if _, err := os.Stat(path); err != nil {
+		return "", fmt.Errorf("%s not on PATH nor in %s: %w", name, dir, err)
+	}
+	return path, nil
+}
