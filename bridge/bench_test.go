@@ -334,7 +334,6 @@ func parsePgbench(out string) (pgbenchResult, error) {
 	return r, errors.Join(errs...)
 }
 
-
 func benchExec(b *testing.B, db *sql.DB, query string, args ...any) {
 	b.Helper()
 	if _, err := db.ExecContext(b.Context(), query, args...); err != nil {
