@@ -24,6 +24,7 @@ type bridgeMetrics struct {
 	wakeupWanted      prometheus.Gauge
 	notifyQueueUsage  prometheus.Gauge
 	pruned            prometheus.Counter
+	changeRate        prometheus.Gauge
 }
 
 func newBridgeMetrics(reg prometheus.Registerer) *bridgeMetrics {
@@ -61,6 +62,9 @@ func newBridgeMetrics(reg prometheus.Registerer) *bridgeMetrics {
 		pruned: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "pruned_total",
 			Help: "Change log rows deleted past the retention window."}),
 	}
+	m.changeRate = prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "change_rate",
+		Help: "The relay's estimate of changes per second (moving average over RATE_WINDOW); it decides between NOTIFY wake-ups and reading continuously."})
+	reg.MustRegister(m.changeRate)
 	reg.MustRegister(m.changesPublished, m.duplicates, m.skippedPublished, m.publishFailures, m.publishLatency,
 		m.lagChanges, m.lagSeconds, m.cursor, m.polls, m.listenerReconnect, m.natsReconnects, m.leader,
 		m.wakeupWanted, m.notifyQueueUsage, m.pruned)

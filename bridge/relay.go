@@ -7,12 +7,14 @@ import (
 	"time"
 )
 
-// The relay's modes. While changes flow it reads the change log every
-// pollInterval and writers do not NOTIFY (the flag is off): NOTIFY would
-// serialise their commits. When the log stays empty for idleAfter it turns
-// the flag on, keeps reading until every transaction that might have read the
-// flag as off has ended, and then waits for a notification (or the safety
-// poll) before reading again.
+// The relay's modes. Which one it is in is decided by the rate of changes
+// (see wakeupPolicy): while few changes come, writers NOTIFY (the flag is
+// on) and the relay reads the log only when woken; while many come, writers
+// do not NOTIFY (it would serialise their commits) and the relay reads the
+// log every pollInterval. When the rate falls below the resume rate, or the
+// log stays empty for idleAfter, it turns the flag on, keeps reading until
+// every transaction that might have read the flag as off has ended, and then
+// waits for a notification (or the safety poll) before reading again.
 type relayMode int
 
 const (
@@ -27,6 +29,8 @@ type relayConfig struct {
 	pollInterval       time.Duration
 	idleAfter          time.Duration
 	safetyPollInterval time.Duration
+	rateWindow         time.Duration // the rate estimate's window (see rateEstimator)
+	policy             wakeupPolicy
 }
 
 // relay carries the change log to JetStream for as long as its bridge leads.
@@ -52,6 +56,7 @@ type relay struct {
 	mode        relayMode
 	switchBound uint64 // a transaction id taken after the flag went on
 	lastChange  time.Time
+	rate        rateEstimator
 	safetyTimer *time.Timer
 }
 
@@ -77,6 +82,7 @@ func (r *relay) run(ctx context.Context) error {
 		return err
 	}
 	r.lastChange = time.Now()
+	r.rate = rateEstimator{window: r.cfg.rateWindow}
 	r.safetyTimer = time.NewTimer(r.cfg.safetyPollInterval)
 	defer r.safetyTimer.Stop()
 
@@ -110,41 +116,64 @@ func (r *relay) run(ctx context.Context) error {
 func (r *relay) next(ctx context.Context, n int, snap snapshot) (string, error) {
 	now := time.Now()
 	if n > 0 {
-		sinceLast := now.Sub(r.lastChange)
 		r.lastChange = now
-		if r.mode == modeIdle && sinceLast >= r.cfg.idleAfter && n < r.cfg.batchSize {
-			// A trickle: one wake-up per change costs less than reading
-			// continuously, so stay idle until changes come faster.
-			return r.waitWakeup(ctx)
-		}
-		if r.mode != modeFlowing {
-			if err := r.setMode(ctx, modeFlowing); err != nil {
-				return "", err
-			}
-		}
-		if n >= r.cfg.batchSize {
-			return "flowing", nil // more is waiting: read again at once
-		}
+		r.rate.add(now, n)
 	}
+	rate := r.rate.estimate(now)
+	r.metrics.changeRate.Set(rate)
+	backlog := n >= r.cfg.batchSize // more is waiting: read again at once
 	switch r.mode {
 	case modeFlowing:
-		if n == 0 && now.Sub(r.lastChange) >= r.cfg.idleAfter {
+		if backlog {
+			return "flowing", nil
+		}
+		quiet := n == 0 && now.Sub(r.lastChange) >= r.cfg.idleAfter
+		if quiet || !r.cfg.policy.readContinuously(true, rate) {
 			if err := r.setMode(ctx, modeSwitching); err != nil {
 				return "", err
 			}
 			return "switching", nil
 		}
 	case modeSwitching:
+		if n > 0 && r.cfg.policy.readContinuously(false, rate) {
+			if err := r.setMode(ctx, modeFlowing); err != nil {
+				return "", err
+			}
+			if backlog {
+				return "flowing", nil
+			}
+			break
+		}
+		if backlog {
+			return "switching", nil
+		}
 		// This read saw nothing, and its snapshot is later than the end of
 		// every transaction that may have read the flag as off: whatever
 		// commits from now on notifies.
-		if snap.xmin >= r.switchBound {
+		if n == 0 && snap.xmin >= r.switchBound {
 			if err := r.setMode(ctx, modeIdle); err != nil {
 				return "", err
 			}
 			return r.waitWakeup(ctx)
 		}
 	case modeIdle:
+		if n > 0 && r.cfg.policy.readContinuously(false, rate) {
+			// Changes come fast enough for NOTIFY to cost the writers
+			// more than reading continuously costs the bridge.
+			if err := r.setMode(ctx, modeFlowing); err != nil {
+				return "", err
+			}
+			if backlog {
+				return "flowing", nil
+			}
+			break
+		}
+		if backlog {
+			// A large transaction, not a high rate: read on, stay idle.
+			return "backlog", nil
+		}
+		// A trickle: a read per wake-up costs less than reading
+		// continuously, and it delivers sooner.
 		return r.waitWakeup(ctx)
 	}
 	if !sleep(ctx, r.cfg.pollInterval) {
