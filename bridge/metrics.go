@@ -25,6 +25,7 @@ type bridgeMetrics struct {
 	notifyQueueUsage  prometheus.Gauge
 	pruned            prometheus.Counter
 	changeRate        prometheus.Gauge
+	notifyThrottled   prometheus.Counter
 }
 
 func newBridgeMetrics(reg prometheus.Registerer) *bridgeMetrics {
@@ -64,7 +65,9 @@ func newBridgeMetrics(reg prometheus.Registerer) *bridgeMetrics {
 	}
 	m.changeRate = prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "change_rate",
 		Help: "The relay's estimate of changes per second (moving average over RATE_WINDOW); it decides between NOTIFY wake-ups and reading continuously."})
-	reg.MustRegister(m.changeRate)
+	m.notifyThrottled = prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "notify_throttled_total",
+		Help: "Switches to continuous reading because writers queued on NOTIFY's commit lock (WAKEUP_MAX_WAITERS), not because of the rate."})
+	reg.MustRegister(m.changeRate, m.notifyThrottled)
 	reg.MustRegister(m.changesPublished, m.duplicates, m.skippedPublished, m.publishFailures, m.publishLatency,
 		m.lagChanges, m.lagSeconds, m.cursor, m.polls, m.listenerReconnect, m.natsReconnects, m.leader,
 		m.wakeupWanted, m.notifyQueueUsage, m.pruned)

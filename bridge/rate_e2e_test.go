@@ -96,6 +96,57 @@ func TestWakeupModeByRate(t *testing.T) {
 
 // Metrics the rate test reads.
 const (
-	metricPolls      = "productwatch_bridge_polls_total"
-	metricChangeRate = "productwatch_bridge_change_rate"
+	metricPolls           = "productwatch_bridge_polls_total"
+	metricChangeRate      = "productwatch_bridge_change_rate"
+	metricNotifyThrottled = "productwatch_bridge_notify_throttled_total"
 )
+
+// TestWakeupEndsWhenWritersQueueOnNotify: with a rate threshold no writer
+// reaches, writers that queue on NOTIFY's commit lock (8 of them, as fast
+// as they can: notifying commits serialise, so they queue) still make the
+// bridge switch NOTIFY off; when they stop, it asks for wake-ups again.
+func TestWakeupEndsWhenWritersQueueOnNotify(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ns := natsForBridge(t)
+	_, js := connectJS(t, ns.URL)
+	products := seedProducts(t, pg.DB, 50)
+	b := startBridge(t, bridgeEnv(pg.DSN, ns.URL, map[string]string{
+		"WAKEUP_MAX_RATE":      "1000000000",
+		"WAKEUP_RESUME_RATE":   "0",
+		"WAKEUP_MAX_WAITERS":   "3",
+		"SAFETY_POLL_INTERVAL": "1h",
+	}))
+	b.waitReady(t)
+	waitIdle(t, b, pg.DB)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	conns := make([]*sql.Conn, 8)
+	for i := range conns {
+		c, err := pg.DB.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		conns[i] = c
+	}
+	began := time.Now()
+	written := 0
+	for wakeupFlag(t, pg.DB) != 1 {
+		if time.Since(began) > 30*time.Second {
+			t.Fatalf("after %d changes in %v from 8 writers the bridge still asks for NOTIFY (%s = %v)",
+				written, time.Since(began).Round(time.Millisecond), metricNotifyThrottled, b.metric(metricNotifyThrottled))
+		}
+		if err := runBurst(ctx, conns, products, 80, uint64(written), func(int64) {}); err != nil {
+			t.Fatal(err)
+		}
+		written += 80
+	}
+	if got := b.metric(metricNotifyThrottled); !(got >= 1) {
+		t.Errorf("NOTIFY switched off, but %s = %v: not because of the queue", metricNotifyThrottled, got)
+	}
+	t.Logf("writers told to stop notifying after %d changes, %v", written, time.Since(began).Round(time.Millisecond))
+	waitIdle(t, b, pg.DB)
+	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
+}

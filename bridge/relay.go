@@ -31,7 +31,15 @@ type relayConfig struct {
 	safetyPollInterval time.Duration
 	rateWindow         time.Duration // the rate estimate's window (see rateEstimator)
 	policy             wakeupPolicy
+	maxNotifyWaiters   int // this many writers queueing on NOTIFY's commit lock: read continuously; 0: never
 }
+
+// throttledHold is how long the relay keeps reading continuously after
+// writers were seen queueing on NOTIFY's commit lock, whatever the rate:
+// while NOTIFY throttles the writers, the rate they reach says little about
+// the rate they want, and going straight back to wake-ups would only
+// throttle them again.
+const throttledHold = time.Second
 
 // relay carries the change log to JetStream for as long as its bridge leads.
 // All its state is owned by the goroutine that calls run.
@@ -53,11 +61,12 @@ type relay struct {
 	verifyUpTo  int64 // rows up to this seq may already be in the stream (published before a restart)
 	verifyExtra int   // and so may this many rows above it
 
-	mode        relayMode
-	switchBound uint64 // a transaction id taken after the flag went on
-	lastChange  time.Time
-	rate        rateEstimator
-	safetyTimer *time.Timer
+	mode           relayMode
+	switchBound    uint64 // a transaction id taken after the flag went on
+	lastChange     time.Time
+	rate           rateEstimator
+	throttledUntil time.Time // see throttledHold
+	safetyTimer    *time.Timer
 }
 
 // run relays until ctx ends (it then returns ctx's error) or the database
@@ -128,14 +137,15 @@ func (r *relay) next(ctx context.Context, n int, snap snapshot) (string, error) 
 			return "flowing", nil
 		}
 		quiet := n == 0 && now.Sub(r.lastChange) >= r.cfg.idleAfter
-		if quiet || !r.cfg.policy.readContinuously(true, rate) {
+		slow := !r.cfg.policy.readContinuously(true, rate) && now.After(r.throttledUntil)
+		if quiet || slow {
 			if err := r.setMode(ctx, modeSwitching); err != nil {
 				return "", err
 			}
 			return "switching", nil
 		}
 	case modeSwitching:
-		if n > 0 && r.cfg.policy.readContinuously(false, rate) {
+		if n > 0 && r.tooFastForNotify(now, rate, snap) {
 			if err := r.setMode(ctx, modeFlowing); err != nil {
 				return "", err
 			}
@@ -157,7 +167,7 @@ func (r *relay) next(ctx context.Context, n int, snap snapshot) (string, error) 
 			return r.waitWakeup(ctx)
 		}
 	case modeIdle:
-		if n > 0 && r.cfg.policy.readContinuously(false, rate) {
+		if n > 0 && r.tooFastForNotify(now, rate, snap) {
 			// Changes come fast enough for NOTIFY to cost the writers
 			// more than reading continuously costs the bridge.
 			if err := r.setMode(ctx, modeFlowing); err != nil {
@@ -180,6 +190,24 @@ func (r *relay) next(ctx context.Context, n int, snap snapshot) (string, error) 
 		return "", ctx.Err()
 	}
 	return r.mode.String(), nil
+}
+
+// tooFastForNotify reports, in a mode where writers notify, whether they
+// should stop: the rate reached WAKEUP_MAX_RATE, or writers were seen
+// queueing on NOTIFY's commit lock (then the rate cannot reach the
+// threshold: the lock caps it, at one commit per WAL flush or worse on a
+// busy machine).
+func (r *relay) tooFastForNotify(now time.Time, rate float64, snap snapshot) bool {
+	if r.cfg.policy.readContinuously(false, rate) {
+		return true
+	}
+	if r.cfg.maxNotifyWaiters > 0 && snap.notifyWaiters >= r.cfg.maxNotifyWaiters {
+		r.metrics.notifyThrottled.Inc()
+		r.throttledUntil = now.Add(throttledHold)
+		r.logger.Debug("writers queue on NOTIFY's commit lock: reading continuously", "waiters", snap.notifyWaiters, "rate", rate)
+		return true
+	}
+	return false
 }
 
 // waitWakeup waits for a notification, a listener reconnect or the safety
@@ -228,7 +256,8 @@ func (r *relay) step(ctx context.Context, reason string) (int, snapshot, error) 
 	if err := r.reader.open(ctx); err != nil {
 		return 0, snapshot{}, err
 	}
-	snap, gapRows, rows, err := r.reader.read(ctx, r.highSeq, r.gaps, r.cfg.batchSize)
+	countWaiters := r.mode != modeFlowing && r.cfg.maxNotifyWaiters > 0
+	snap, gapRows, rows, err := r.reader.read(ctx, r.highSeq, r.gaps, r.cfg.batchSize, countWaiters)
 	if err != nil {
 		return 0, snapshot{}, err
 	}
