@@ -66,6 +66,7 @@ type relay struct {
 	lastChange     time.Time
 	rate           rateEstimator
 	throttledUntil time.Time // see throttledHold
+	waitersAt      time.Time // when a read last counted the writers waiting for NOTIFY's lock
 	safetyTimer    *time.Timer
 }
 
@@ -256,7 +257,14 @@ func (r *relay) step(ctx context.Context, reason string) (int, snapshot, error) 
 	if err := r.reader.open(ctx); err != nil {
 		return 0, snapshot{}, err
 	}
-	countWaiters := r.mode != modeFlowing && r.cfg.maxNotifyWaiters > 0
+	// Counting the waiters reads every backend's status (a millisecond
+	// or more on a busy server): only in wake-up modes, while changes
+	// come, and at most once per rate window.
+	countWaiters := r.mode != modeFlowing && r.cfg.maxNotifyWaiters > 0 &&
+		time.Since(r.lastChange) < r.cfg.idleAfter && time.Since(r.waitersAt) >= r.cfg.rateWindow
+	if countWaiters {
+		r.waitersAt = time.Now()
+	}
 	snap, gapRows, rows, err := r.reader.read(ctx, r.highSeq, r.gaps, r.cfg.batchSize, countWaiters)
 	if err != nil {
 		return 0, snapshot{}, err
