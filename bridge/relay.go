@@ -38,8 +38,14 @@ type relayConfig struct {
 // writers were seen queueing on NOTIFY's commit lock, whatever the rate:
 // while NOTIFY throttles the writers, the rate they reach says little about
 // the rate they want, and going straight back to wake-ups would only
-// throttle them again.
-const throttledHold = time.Second
+// throttle them again. When it happens again within throttledHoldMax of the
+// last hold's end, the hold doubles, up to throttledHoldMax: a database
+// too busy for NOTIFY at a low rate settles on continuous reading instead
+// of switching back and forth.
+const (
+	throttledHold    = time.Second
+	throttledHoldMax = 30 * time.Second
+)
 
 // relay carries the change log to JetStream for as long as its bridge leads.
 // All its state is owned by the goroutine that calls run.
@@ -65,8 +71,9 @@ type relay struct {
 	switchBound    uint64 // a transaction id taken after the flag went on
 	lastChange     time.Time
 	rate           rateEstimator
-	throttledUntil time.Time // see throttledHold
-	waitersAt      time.Time // when a read last counted the writers waiting for NOTIFY's lock
+	throttledUntil time.Time     // see throttledHold
+	throttledFor   time.Duration // the last hold
+	waitersAt      time.Time     // when a read last counted the writers waiting for NOTIFY's lock
 	safetyTimer    *time.Timer
 }
 
@@ -204,8 +211,14 @@ func (r *relay) tooFastForNotify(now time.Time, rate float64, snap snapshot) boo
 	}
 	if r.cfg.maxNotifyWaiters > 0 && snap.notifyWaiters >= r.cfg.maxNotifyWaiters {
 		r.metrics.notifyThrottled.Inc()
-		r.throttledUntil = now.Add(throttledHold)
-		r.logger.Debug("writers queue on NOTIFY's commit lock: reading continuously", "waiters", snap.notifyWaiters, "rate", rate)
+		if now.Before(r.throttledUntil.Add(throttledHoldMax)) {
+			r.throttledFor = min(2*r.throttledFor, throttledHoldMax)
+		} else {
+			r.throttledFor = throttledHold
+		}
+		r.throttledUntil = now.Add(r.throttledFor)
+		r.logger.Debug("writers queue on NOTIFY's commit lock: reading continuously",
+			"waiters", snap.notifyWaiters, "rate", rate, "for", r.throttledFor)
 		return true
 	}
 	return false
