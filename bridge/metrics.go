@@ -49,7 +49,7 @@ func newBridgeMetrics(reg prometheus.Registerer) *bridgeMetrics {
 		cursor: prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "cursor_seq",
 			Help: "Every change up to this seq is in JetStream."}),
 		polls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "polls_total",
-			Help: "Reads of the change log, by what started them (flowing, wakeup, safety, reconnect)."}, []string{"reason"}),
+			Help: "Reads of the change log, by what started them (start, flowing, switching, wakeup, backlog, safety, reconnect, retry)."}, []string{"reason"}),
 		listenerReconnect: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "listener_reconnects_total",
 			Help: "Reconnections of the LISTEN connection to PostgreSQL."}),
 		natsReconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "nats_reconnects_total",
