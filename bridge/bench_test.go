@@ -702,7 +702,8 @@ func benchPollSummary(page string) string {
 			strings.HasPrefix(line, "productwatch_bridge_cursor_seq ") ||
 			strings.HasPrefix(line, "productwatch_bridge_changes_published_total ") ||
 			strings.HasPrefix(line, "productwatch_bridge_duplicates_total ") ||
-			strings.HasPrefix(line, "productwatch_bridge_publish_failures_total ") {
+			strings.HasPrefix(line, "productwatch_bridge_publish_failures_total ") ||
+			strings.HasPrefix(line, "productwatch_bridge_notify_throttled_total ") {
 			parts = append(parts, strings.TrimPrefix(strings.TrimSpace(line), "productwatch_bridge_"))
 		}
 	}
