@@ -16,11 +16,12 @@ import (
 // Config is everything the bridge can be told, from flags or environment
 // variables (the README's configuration table lists them all).
 type Config struct {
-	DatabaseURL     string // DATABASE_URL
-	NATSURL         string // NATS_URL; empty: run an embedded nats-server
-	NATSEmbedListen string // NATS_EMBED_LISTEN, default 127.0.0.1:4222 (a free port when taken)
-	NATSStoreDir    string // NATS_STORE_DIR: JetStream storage of the embedded server
-	MetricsAddr     string // METRICS_ADDR: /healthz, /readyz, /metrics
+	DatabaseURL     string             // DATABASE_URL
+	NATSURL         string             // NATS_URL; empty: run an embedded nats-server
+	NATSAuth        broker.Credentials // NATS_USER, NATS_PASSWORD: the bridge's NATS user
+	NATSEmbedListen string             // NATS_EMBED_LISTEN, default 127.0.0.1:4222 (a free port when taken)
+	NATSStoreDir    string             // NATS_STORE_DIR: JetStream storage of the embedded server
+	MetricsAddr     string             // METRICS_ADDR: /healthz, /readyz, /metrics
 
 	Stream broker.StreamOptions // STREAM_DUPLICATE_WINDOW, STREAM_MAX_AGE, STREAM_HISTORY, STREAM_REPLICAS
 
@@ -66,6 +67,7 @@ func loadConfig(args []string) (Config, error) {
 	set.Duration(&cfg.Retention, "change-retention", "CHANGE_RETENTION", 24*time.Hour, "keep published changes in the change log this long (resume needs them)")
 	set.Duration(&cfg.PruneInterval, "prune-interval", "PRUNE_INTERVAL", time.Minute, "how often to prune the change log")
 	set.Int(&cfg.PruneBatch, "prune-batch", "PRUNE_BATCH", 1000, "change rows deleted per statement when pruning")
+	cfg.NATSAuth.Register(fs)
 	cfg.Log.Register(set)
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {

@@ -57,7 +57,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	}
 	registry := health.NewRegistry()
 	metrics := newBridgeMetrics(registry)
-	nc, err := broker.Connect(natsURL, "productwatch-bridge", logger, broker.Hooks{OnReconnect: metrics.natsReconnects.Inc})
+	nc, err := broker.Connect(natsURL, "productwatch-bridge", cfg.NATSAuth, logger, broker.Hooks{OnReconnect: metrics.natsReconnects.Inc})
 	if err != nil {
 		return err
 	}
