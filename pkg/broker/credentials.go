@@ -23,6 +23,26 @@ func (c *Credentials) Register(fs *flag.FlagSet) {
 	fs.Var(secretFlag{&c.Password}, "nats-password", "password of the NATS user (env NATS_PASSWORD)")
 }
 
+// EmbeddedPasswords are the passwords of the embedded server's gateway and
+// debug users (NATS_EMBED_GATEWAY_PASSWORD, NATS_EMBED_DEBUG_PASSWORD). The
+// bridge's own user is the bridge's NATS_USER and NATS_PASSWORD.
+type EmbeddedPasswords struct {
+	Gateway string // NATS_EMBED_GATEWAY_PASSWORD; empty: no gateway can connect
+	Debug   string // NATS_EMBED_DEBUG_PASSWORD; empty: no debug user
+}
+
+// Register defines -nats-embed-gateway-password and
+// -nats-embed-debug-password on fs, their defaults taken from the
+// environment and never shown in -help output.
+func (p *EmbeddedPasswords) Register(fs *flag.FlagSet) {
+	p.Gateway = os.Getenv("NATS_EMBED_GATEWAY_PASSWORD")
+	p.Debug = os.Getenv("NATS_EMBED_DEBUG_PASSWORD")
+	fs.Var(secretFlag{&p.Gateway}, "nats-embed-gateway-password",
+		"password of the embedded nats-server's gateway user (env NATS_EMBED_GATEWAY_PASSWORD); unset: no gateway can connect")
+	fs.Var(secretFlag{&p.Debug}, "nats-embed-debug-password",
+		"password of the embedded nats-server's read-only debug user, for the nats CLI (env NATS_EMBED_DEBUG_PASSWORD); unset: no such user")
+}
+
 // secretFlag is a string flag that never shows its value: flag.PrintDefaults
 // prints a flag's default, which for a password comes from the environment.
 type secretFlag struct{ p *string }
