@@ -167,6 +167,11 @@ func StartEmbedded(opts EmbeddedOptions) (*server.Server, error) {
 	}
 
 	adapter := &serverLogger{logger: logger.With("component", "nats-server")}
+	if opts.NoAuthUser != "" {
+		// Only the no-auth user's password is plain (see serverUsers):
+		// known, and not worth a warning on every start.
+		adapter.demote = plainPasswordsWarning
+	}
 	debug := logger.Enabled(context.Background(), slog.LevelDebug)
 	trace := logger.Enabled(context.Background(), levelTrace)
 	srv, err := server.NewServer(&server.Options{
@@ -240,6 +245,7 @@ func waitReady(srv *server.Server, adapter *serverLogger, timeout time.Duration)
 // a fatal error during start is returned by StartEmbedded instead.
 type serverLogger struct {
 	logger *slog.Logger
+	demote string // a warning logged at Debug instead; set before use
 
 	mu    sync.Mutex // guards fatal
 	fatal string     // the first Fatalf message
@@ -252,8 +258,18 @@ var _ server.Logger = (*serverLogger)(nil)
 // needs to see; the program logs what matters itself.
 func (l *serverLogger) Noticef(format string, v ...any) { l.log(slog.LevelDebug, format, v) }
 
-// Warnf logs at Warn.
-func (l *serverLogger) Warnf(format string, v ...any) { l.log(slog.LevelWarn, format, v) }
+// plainPasswordsWarning is nats-server's warning about users whose password
+// is not a bcrypt hash.
+const plainPasswordsWarning = "Plaintext passwords detected, use nkeys or bcrypt"
+
+// Warnf logs at Warn, or at Debug when it is the demoted warning.
+func (l *serverLogger) Warnf(format string, v ...any) {
+	if l.demote != "" && format == l.demote {
+		l.log(slog.LevelDebug, format, v)
+		return
+	}
+	l.log(slog.LevelWarn, format, v)
+}
 
 // Errorf logs at Error.
 func (l *serverLogger) Errorf(format string, v ...any) { l.log(slog.LevelError, format, v) }

@@ -248,3 +248,33 @@ func TestServerLoggerLevels(t *testing.T) {
 		})
 	}
 }
+
+// TestStartEmbeddedNoAuthUser: with NoAuthUser (test harnesses only), a
+// client without credentials acts as that user, and the server does not
+// warn about its plain password.
+func TestStartEmbeddedNoAuthUser(t *testing.T) {
+	t.Parallel()
+	var logs lockedBuffer
+	srv, err := StartEmbedded(EmbeddedOptions{
+		Listen:     "127.0.0.1:-1",
+		StoreDir:   t.TempDir(),
+		Logger:     slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Users:      testUsers(),
+		NoAuthUser: harness.User,
+	})
+	if err != nil {
+		t.Fatalf("StartEmbedded: %v", err)
+	}
+	shutdownOnCleanup(t, srv)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatalf("anonymous connect with a no-auth user: %v", err)
+	}
+	defer nc.Close()
+	if err := nc.Publish("product.1", []byte("x")); err != nil || nc.Flush() != nil || nc.LastError() != nil {
+		t.Errorf("the harness could not publish: %v %v", err, nc.LastError())
+	}
+	if out := logs.String(); strings.Contains(out, "Plaintext") {
+		t.Errorf("warned about the no-auth user's plain password:\n%s", out)
+	}
+}
