@@ -14,7 +14,6 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -443,18 +442,12 @@ func tail(s string, n int) string {
 	return fmt.Sprintf("[%d earlier lines left out]\n%s", len(lines)-n, strings.Join(lines[len(lines)-n:], "\n"))
 }
 
-// freeAddr returns a 127.0.0.1 address with a port that is free now.
+// freeAddr returns a 127.0.0.1 address with a port that is free now, below
+// the ephemeral range (testenv.FreeAddr), so that the machine's outgoing
+// connections do not take it before the bridge binds it.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	if err := ln.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return addr
+	return testenv.FreeAddr(t)
 }
 
 // pollEvery is how often waitFor checks its condition.

@@ -25,12 +25,7 @@ func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 // freePort returns a loopback address nobody listens on right now.
 func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return testenv.FreeAddr(t)
 }
 
 // TestQuickStart is `make run` as a user meets it: build the programs, start

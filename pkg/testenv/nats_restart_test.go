@@ -2,6 +2,8 @@ package testenv
 
 import (
 	"context"
+	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -100,4 +102,24 @@ func TestNATSUsers(t *testing.T) {
 	if err := nc.Flush(); err != nil || nc.LastError() != nil {
 		t.Errorf("the harness could not publish: %v %v", err, nc.LastError())
 	}
+}
+
+// TestFreeAddr: the address is on loopback, below the ephemeral range when
+// there is one, and can be listened on.
+func TestFreeAddr(t *testing.T) {
+	t.Parallel()
+	addr := FreeAddr(t)
+	host, portText, err := net.SplitHostPort(addr)
+	if err != nil || host != "127.0.0.1" {
+		t.Fatalf("FreeAddr = %q, %v", addr, err)
+	}
+	port, _ := strconv.Atoi(portText)
+	if low, ok := ephemeralLow(); ok && low > 10000 && (port < 10000 || port >= low) {
+		t.Errorf("port %d is not below the ephemeral range starting at %d", port, low)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listen on %s: %v", addr, err)
+	}
+	ln.Close()
 }
