@@ -65,15 +65,20 @@ const (
 // gateway only receives core NATS messages and flushes (a PING, not a
 // publish), and its replies would go to its own inbox.
 //
-// debug is read-only for the nats CLI: `nats sub 'product.>'`, `nats
-// stream ls|info|get|view PRODUCTS`. `nats stream view` (natscli v0.5.0)
-// pages the stream through a pull consumer it creates
-// ($JS.API.CONSUMER.CREATE.PRODUCTS.<name>.<filter>), fetches from
-// ($JS.API.CONSUMER.MSG.NEXT.PRODUCTS.<name>), acknowledges ($JS.ACK.PRODUCTS.>)
-// and deletes ($JS.API.CONSUMER.DELETE.PRODUCTS.<name>) at the end; a
-// consumer of a limits-retention stream removes nothing from it. Publishing
-// on product subjects and every stream-changing call (create, update,
-// delete, purge, message delete, snapshot, restore) are denied explicitly.
+// debug is read-only for the nats CLI. What natscli v0.5.0 sends, as traced
+// on the embedded server: `nats sub` only subscribes; `nats stream info`
+// publishes $JS.API.STREAM.INFO.PRODUCTS; `nats stream get --last-for`
+// STREAM.INFO and $JS.API.STREAM.MSG.GET.PRODUCTS; `nats stream ls`
+// $JS.API.STREAM.LIST; `nats stream view` STREAM.INFO, then pages through a
+// pull consumer it creates ($JS.API.CONSUMER.CREATE.PRODUCTS.stream_pager_<n>.>,
+// the last token being its filter), fetches from
+// ($JS.API.CONSUMER.MSG.NEXT.PRODUCTS.stream_pager_<n>), acknowledges
+// ($JS.ACK.PRODUCTS.stream_pager_<n>.…) and deletes
+// ($JS.API.CONSUMER.DELETE.PRODUCTS.stream_pager_<n>). Consumers of a
+// limits-retention stream remove nothing from it, and nats.go's ordered
+// consumers use the same subjects. Publishing on product subjects and every
+// stream-changing call (create, update, delete, purge, message delete,
+// snapshot, restore) are denied explicitly, besides not being allowed.
 func Roles() []Role {
 	return []Role{
 		{User: BridgeUser, ConfVar: "PRODUCTWATCH_BRIDGE", Permissions: Permissions{
