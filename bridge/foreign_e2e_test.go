@@ -144,3 +144,38 @@ func TestForeignMessages(t *testing.T) {
 		t.Errorf("/readyz not ready after publishing everything: %s", body)
 	}
 }
+
+// TestNotReadyWhileStuck: a bridge that cannot do its job although every
+// dependency answers (here: it connects as the gateway user, which may not
+// touch the stream) must not say it is ready. /readyz names the publishing
+// check and the error once it has failed for its threshold (10 s).
+func TestNotReadyWhileStuck(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ns := natsForBridge(t)
+	if ns.Server == nil {
+		t.Skip("NATS_URL names a shared server, whose users testenv does not make")
+	}
+	seedProducts(t, pg.DB, 3)
+	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
+		"NATS_USER": ns.Gateway.User, "NATS_PASSWORD": ns.Gateway.Password, "PUBLISH_TIMEOUT": "1s",
+	}))
+	sawReady := false
+	waitFor(t, 45*time.Second, "/readyz to report the stuck publishing", func() (bool, string) {
+		if b.hasExited() {
+			t.Fatalf("%s exited: %s", b.name, b.describeExit())
+		}
+		status, body, err := b.get("/readyz")
+		if err != nil {
+			return false, err.Error()
+		}
+		if status == 200 {
+			sawReady = true
+		}
+		return status == 503 && strings.Contains(body, `"publishing"`) && strings.Contains(body, "failing for"), body
+	})
+	if b.ready() {
+		t.Error("ready again although nothing changed")
+	}
+	t.Logf("ready before the threshold passed: %v (a hiccup is not a stall)", sawReady)
+}

@@ -190,8 +190,12 @@ func (b *bridge) lead(ctx context.Context) error {
 	defer b.metrics.leader.Set(0)
 	stream, err := broker.EnsureStream(ctx, b.js, b.cfg.Stream)
 	if err != nil {
+		// Retried by the leadership loop; if it keeps failing (NATS down,
+		// or a user without the stream's permissions), /readyz says so.
+		b.stalls.failed(err)
 		return err
 	}
+	b.stalls.done()
 	wake := make(chan string, 1)
 	var high atomic.Int64
 	r := &relay{
