@@ -36,8 +36,8 @@ migrate:
 ## test: lint, then every test with the race detector against real PostgreSQL and NATS.
 ## It runs `make tools` first, which may run apt-get for chromium and nghttp2-client when they are missing.
 test:
-	@echo "make test: first make tools (staticcheck, the nats CLI, and, when missing, Debian's chromium and"
-	@echo "  nghttp2-client through apt-get), then lint, then go test -race over every package."
+	@echo "make test: lint, then make tools (staticcheck and the nats CLI into bin/, and, when missing,"
+	@echo "  Debian's chromium and nghttp2-client through apt-get), then go test -race over every package."
 	@$(MAKE) --no-print-directory lint tools
 	$(GO) test -race -count=1 -timeout 12m ./...
 
