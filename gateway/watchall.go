@@ -52,7 +52,7 @@ func (c *wsConn) watchAll(ctx context.Context, cmd protocol.Command) {
 			c.srv.hub.UnsubscribeAll(c.all)
 			c.all = nil
 		}
-		c.answer(protocol.AppendAllAck(nil, cmd.ID, cmd.Name, -1))
+		c.answer(protocol.AppendAllAck(nil, cmd.ID, cmd.Name, -1, 0))
 		return
 	}
 	// The ack goes out once NATS has confirmed the subscription: a client
@@ -68,7 +68,16 @@ func (c *wsConn) watchAll(ctx context.Context, cmd protocol.Command) {
 		}
 		c.all = a
 	}
-	c.answer(protocol.AppendAllAck(nil, cmd.ID, cmd.Name, cmd.Since))
+	// The log's newest seq now: every change with a higher one is made
+	// after the subscription, so it arrives live. A client that sees no
+	// change before it leaves resumes from there.
+	var position int64
+	if err := c.srv.catchUp.db.QueryRowContext(ctx,
+		`SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM product_changes_seq`).Scan(&position); err != nil {
+		c.srv.logger.Warn("watch-all: reading the log position failed", "conn_id", c.id, "err", err)
+		position = 0 // the ack then carries none: the client resumes from what it saw
+	}
+	c.answer(protocol.AppendAllAck(nil, cmd.ID, cmd.Name, cmd.Since, position))
 	if cmd.Since < 0 {
 		return
 	}

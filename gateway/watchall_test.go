@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -170,6 +171,10 @@ func TestWatchAllResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := g.dial(t, nil)
+	now.send(`{"command":"subscribe","all":true}`)
+	if ack := now.expect("ack"); !strings.Contains(ack.raw, fmt.Sprintf(`"seq":%d`, newest)) {
+		t.Fatalf("the ack does not carry the log position %d: %s", newest, ack.raw)
+	}
 	now.send(fmt.Sprintf(`{"command":"subscribe","all":true,"since":%d}`, newest))
 	now.expect("ack")
 	now.send(`{"command":"subscribe","productIDs":[999999]}`)

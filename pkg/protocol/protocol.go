@@ -236,8 +236,10 @@ func AppendAck(dst []byte, id json.RawMessage, command string, productIDs []int6
 
 // AppendAllAck appends the answer to a watch-all command,
 // {"type":"ack","id":…,"command":…,"productIDs":[],"all":true}, with
-// "since" when the subscribe resumes (since >= 0).
-func AppendAllAck(dst []byte, id json.RawMessage, command string, since int64) []byte {
+// "since" when the subscribe resumes (since >= 0) and "seq" when position
+// is > 0: the change log's newest seq when the subscription began, from
+// which the client may resume if no change reaches it before it leaves.
+func AppendAllAck(dst []byte, id json.RawMessage, command string, since, position int64) []byte {
 	dst = append(dst, `{"type":"ack"`...)
 	dst = appendID(dst, id)
 	dst = append(dst, `,"command":`...)
@@ -246,6 +248,10 @@ func AppendAllAck(dst []byte, id json.RawMessage, command string, since int64) [
 	if since >= 0 {
 		dst = append(dst, `,"since":`...)
 		dst = strconv.AppendInt(dst, since, 10)
+	}
+	if position > 0 {
+		dst = append(dst, `,"seq":`...)
+		dst = strconv.AppendInt(dst, position, 10)
 	}
 	return append(dst, '}')
 }

@@ -96,10 +96,10 @@ func TestAppend(t *testing.T) {
 	if string(ack) != `{"type":"ack","id":"a 1","command":"subscribe","productIDs":[1,2]}` {
 		t.Errorf("ack %s", ack)
 	}
-	if a := AppendAllAck(nil, nil, Subscribe, 12); string(a) != `{"type":"ack","command":"subscribe","productIDs":[],"all":true,"since":12}` {
+	if a := AppendAllAck(nil, nil, Subscribe, 12, 30); string(a) != `{"type":"ack","command":"subscribe","productIDs":[],"all":true,"since":12,"seq":30}` {
 		t.Errorf("all ack %s", a)
 	}
-	if a := AppendAllAck(nil, json.RawMessage(`1`), Unsubscribe, -1); string(a) != `{"type":"ack","id":1,"command":"unsubscribe","productIDs":[],"all":true}` {
+	if a := AppendAllAck(nil, json.RawMessage(`1`), Unsubscribe, -1, 0); string(a) != `{"type":"ack","id":1,"command":"unsubscribe","productIDs":[],"all":true}` {
 		t.Errorf("all ack %s", a)
 	}
 	if a := AppendAllError(nil, nil, CodeResync, "reload"); string(a) != `{"type":"error","code":"resync","message":"reload","all":true}` {
@@ -151,7 +151,7 @@ func FuzzDecode(f *testing.F) {
 			!cmd.All && cmd.Since != -1 {
 			t.Fatalf("watch-all fields do not fit: %+v", cmd)
 		}
-		if !json.Valid(AppendAllAck(nil, cmd.ID, cmd.Name, cmd.Since)) || !json.Valid(AppendAllError(nil, cmd.ID, CodeResync, "x")) {
+		if !json.Valid(AppendAllAck(nil, cmd.ID, cmd.Name, cmd.Since, 5)) || !json.Valid(AppendAllError(nil, cmd.ID, CodeResync, "x")) {
 			t.Fatalf("watch-all answers are not JSON for id %q", cmd.ID)
 		}
 		for i, id := range cmd.ProductIDs {
