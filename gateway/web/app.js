@@ -6,7 +6,9 @@ import { ProductWatch } from "/productwatch.js";
 const $ = (sel) => document.querySelector(sel);
 const tbody = $("#products tbody");
 const rows = new Map(); // productId -> <tr>, kept in id order in the table
-const pw = new ProductWatch();
+// ?pageSize=n reads the list n products at a time (default 500; 1–1000).
+const pageSize = Number(new URLSearchParams(location.search).get("pageSize")) || 500;
+const pw = new ProductWatch(undefined, { pageSize });
 window.productwatch = pw; // for the console and for tests
 
 const statusText = { connecting: "connecting", live: "live", reconnecting: "reconnecting", closed: "closed" };
@@ -72,8 +74,10 @@ function render(m, live) {
     tr.classList.add("changed");
     log(`${m.action} ${m.productId} v${m.version}`);
   }
-  if (selected === m.productId && !deleted && live && m.action !== "SNAPSHOT") {
-    $("#result").textContent = `product ${m.productId} is now at version ${m.version}`;
+  // The product being edited moved on (not by this form's own save): say
+  // so; saving now would answer 412 (the form sends If-Match).
+  if (selected === m.productId && live && m.action !== "SNAPSHOT" && Number($("#edit").version.value) < m.version && !saving) {
+    $("#result").textContent = deleted ? `product ${m.productId} was deleted` : `product ${m.productId} was changed (version ${m.version}): select the row again to edit the new version`;
   }
   showListState();
 }
@@ -97,6 +101,7 @@ function insertInOrder(tr, id) {
 
 // Selecting a row fills the edit form.
 let selected = null;
+let saving = false; // a write of this form is on its way: its own change event is not news
 function select(tr) {
   const id = Number(tr.dataset.id);
   const have = pw.products.get(id);
@@ -124,11 +129,19 @@ tbody.addEventListener("keydown", (e) => {
   if (e.key === "Enter" || e.key === " ") {
     e.preventDefault();
     select(tr);
-    $("#edit").manufacturer.focus();
+    enterOn = tr; // the form gets the focus on keyup, so the key itself does not reach (and submit) it
   } else if (e.key === "ArrowDown" || e.key === "ArrowUp") {
     e.preventDefault();
     const next = e.key === "ArrowDown" ? tr.nextElementSibling : tr.previousElementSibling;
     if (next) next.focus();
+  }
+});
+
+let enterOn = null;
+tbody.addEventListener("keyup", (e) => {
+  if ((e.key === "Enter" || e.key === " ") && enterOn === e.target.closest("tr")) {
+    enterOn = null;
+    $("#edit").manufacturer.focus();
   }
 });
 
@@ -159,11 +172,14 @@ async function write(method, body) {
   if (f.version.value) headers["If-Match"] = `"${f.version.value}"`;
   if (body) headers["Content-Type"] = "application/merge-patch+json";
   let res;
+  saving = true;
   try {
     res = await fetch(`/products/${id}`, { method, headers, body: body ? JSON.stringify(body) : undefined });
   } catch (err) {
     $("#result").textContent = `the gateway did not answer: ${err}`;
     return;
+  } finally {
+    saving = false;
   }
   const answer = res.status === 204 ? {} : await res.json().catch(() => ({}));
   if (res.ok) {
