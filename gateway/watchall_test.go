@@ -227,3 +227,40 @@ func TestWatchAllBadCommands(t *testing.T) {
 	c.send(`{"command":"unsubscribe","all":true}`)
 	c.expect("ack")
 }
+
+// TestWatchAllAfterNATSRestart: when the gateway's NATS connection comes
+// back, its watch-all clients are told (an error resync with "all":true and
+// no id) that live changes may have been missed; resuming with since then
+// brings the change made while NATS was down.
+func TestWatchAllAfterNATSRestart(t *testing.T) {
+	t.Parallel()
+	g := newWSGateway(t, nil, nil, nil)
+	if g.nats.Server == nil {
+		t.Skip("NATS_URL names an external server: this test cannot restart it")
+	}
+	p := g.create(t, macbook)
+	seq := g.relay(t, 0)
+	c := g.dial(t, nil)
+	c.send(`{"command":"subscribe","all":true}`)
+	ack := c.expect("ack")
+	var position struct {
+		Seq int64 `json:"seq"`
+	}
+	if err := json.Unmarshal([]byte(ack.raw), &position); err != nil || position.Seq != seq {
+		t.Fatalf("ack %s, want seq %d", ack.raw, seq)
+	}
+	// While NATS is down a change is made (and published by nobody: the
+	// bridge would publish it before this gateway is back).
+	g.nats.RestartWith(t, func() {
+		g.write(t, http.MethodPatch, fmt.Sprintf("/products/%d", p.ProductID), `{"unitsAvailable":1}`)
+	})
+	e := c.expect("error")
+	if _, all := seqOf(t, e); e.Code != "resync" || !all || len(e.ID) != 0 {
+		t.Fatalf("after the NATS restart: %s", e.raw)
+	}
+	c.send(fmt.Sprintf(`{"command":"subscribe","all":true,"since":%d}`, position.Seq))
+	c.expect("ack")
+	if m := c.expect("UPDATE"); m.ProductID != p.ProductID || m.Version != 2 {
+		t.Fatalf("resumed: %s", m.raw)
+	}
+}
