@@ -33,6 +33,7 @@ type allWatchers struct {
 	sub         *nats.Subscription
 	subscribers atomic.Pointer[[]Subscriber] // copy-on-write, read without the lock
 	closed      bool
+	subscribed  atomic.Bool   // sub != nil, for metrics, read without waiting on mu
 	stop        chan struct{} // closed by Run's end: the forwarding callback stops waiting
 }
 
@@ -69,6 +70,7 @@ func (h *Hub) SubscribeAll(sub Subscriber) error {
 		// it a slow consumer.
 		_ = ns.SetPendingLimits(1<<20, 256<<20)
 		w.sub = ns
+		w.subscribed.Store(true)
 		added = true
 	}
 	next := make([]Subscriber, len(old), len(old)+1)
@@ -100,6 +102,7 @@ func (h *Hub) UnsubscribeAll(sub Subscriber) {
 	if len(next) == 0 && w.sub != nil {
 		_ = w.sub.Unsubscribe() // a closed connection has no interest to remove
 		w.sub = nil
+		w.subscribed.Store(false)
 	}
 }
 
@@ -107,11 +110,7 @@ func (h *Hub) UnsubscribeAll(sub Subscriber) {
 func (h *Hub) AllSubscribers() int { return len(*h.all.subscribers.Load()) }
 
 // AllSubscribed reports whether the hub holds its product.* subscription.
-func (h *Hub) AllSubscribed() bool {
-	h.all.mu.Lock()
-	defer h.all.mu.Unlock()
-	return h.all.sub != nil
-}
+func (h *Hub) AllSubscribed() bool { return h.all.subscribed.Load() }
 
 // MissedAll tells every watch-all subscriber that implements AllResyncer
 // that changes may have been missed (after a NATS reconnect, for one).
@@ -164,5 +163,6 @@ func (h *Hub) closeAll() {
 	if w.sub != nil {
 		_ = w.sub.Unsubscribe()
 		w.sub = nil
+		w.subscribed.Store(false)
 	}
 }
