@@ -22,7 +22,7 @@ func TestWakeupModeByRate(t *testing.T) {
 	ns := natsForBridge(t)
 	_, js := connectJS(t, ns.URL)
 	products := seedProducts(t, pg.DB, 20)
-	b := startBridge(t, bridgeEnv(pg.DSN, ns.URL, map[string]string{
+	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
 		"WAKEUP_MAX_RATE":      "150",
 		"WAKEUP_RESUME_RATE":   "100",
 		"RATE_WINDOW":          "250ms",
@@ -111,7 +111,7 @@ func TestWakeupEndsWhenWritersQueueOnNotify(t *testing.T) {
 	ns := natsForBridge(t)
 	_, js := connectJS(t, ns.URL)
 	products := seedProducts(t, pg.DB, 50)
-	b := startBridge(t, bridgeEnv(pg.DSN, ns.URL, map[string]string{
+	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
 		"WAKEUP_MAX_RATE":      "1000000000",
 		"WAKEUP_RESUME_RATE":   "0",
 		"WAKEUP_MAX_WAITERS":   "3",
