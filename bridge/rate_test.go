@@ -2,6 +2,7 @@ package main
 
 import (
 	"math"
+	"strings"
 	"testing"
 	"time"
 )
@@ -88,5 +89,36 @@ func TestWakeupPolicy(t *testing.T) {
 	zero := wakeupPolicy{}
 	if !zero.readContinuously(false, 0) || !zero.readContinuously(true, 0) {
 		t.Error("WAKEUP_MAX_RATE=0 must always read continuously")
+	}
+}
+
+// TestWakeupConfigErrors: the wake-up knobs refuse values that make no
+// sense, with a message naming them.
+func TestWakeupConfigErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string // in the error
+	}{
+		{name: "resume above max", args: []string{"-wakeup-max-rate", "100", "-wakeup-resume-rate", "200"}, want: "WAKEUP_RESUME_RATE"},
+		{name: "negative resume", args: []string{"-wakeup-max-rate", "100", "-wakeup-resume-rate", "-1"}, want: "WAKEUP_RESUME_RATE"},
+		{name: "NaN", args: []string{"-wakeup-max-rate", "NaN"}, want: "WAKEUP_MAX_RATE"},
+		{name: "negative waiters", args: []string{"-wakeup-max-waiters", "-1"}, want: "WAKEUP_MAX_WAITERS"},
+		{name: "zero window", args: []string{"-rate-window", "0s"}, want: "RATE_WINDOW"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := loadConfig(tc.args)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("loadConfig(%q) = %v, want an error naming %s", tc.args, err, tc.want)
+			}
+		})
+	}
+	cfg, err := loadConfig([]string{"-wakeup-max-rate", "0", "-wakeup-resume-rate", "0", "-wakeup-max-waiters", "0"})
+	if err != nil {
+		t.Fatalf("zero thresholds (the behaviour before the rate decided): %v", err)
+	}
+	if rc := cfg.relayConfig(); rc.policy != (wakeupPolicy{}) || rc.maxNotifyWaiters != 0 || rc.rateWindow != 250*time.Millisecond {
+		t.Errorf("relayConfig = %+v", rc)
 	}
 }
