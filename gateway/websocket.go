@@ -37,6 +37,7 @@ type wsConfig struct {
 	pingInterval     time.Duration
 	slowAfter        time.Duration
 	maxUnreadAnswers int
+	conflation       hub.Conflation // when a client's queue conflates (ws_writer.go)
 }
 
 // wsServer serves /websocket: it upgrades, then runs one wsConn per socket
@@ -54,10 +55,12 @@ type wsServer struct {
 	slots    int // sockets open or being upgraded: at most cfg.maxConnections
 	draining bool
 	nextID   atomic.Uint64
+
+	batchBuffers *sync.Pool // the writers' batch buffers (ws_writer.go)
 }
 
 func newWSServer(base context.Context, cfg wsConfig, h *hub.Hub, cu *catchUp, logger *slog.Logger, m *wsMetrics) *wsServer {
-	return &wsServer{cfg: cfg, hub: h, catchUp: cu, logger: logger, metrics: m, base: base, conns: make(map[*wsConn]struct{})}
+	return &wsServer{cfg: cfg, hub: h, catchUp: cu, logger: logger, metrics: m, base: base, conns: make(map[*wsConn]struct{}), batchBuffers: newBatchPool()}
 }
 
 // queued returns how many messages wait in all connections' queues (for the
@@ -94,7 +97,8 @@ func (s *wsServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(marshalError(&apiError{Code: codeUnavailable, Message: refuse}))
 		return
 	}
-	ws, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{
+	sb := &smallBuffers{ResponseWriter: w, writeTimeout: s.cfg.writeTimeout, pool: s.batchBuffers}
+	ws, err := websocket.Accept(sb, r, &websocket.AcceptOptions{
 		OriginPatterns:  s.cfg.originPatterns,
 		CompressionMode: websocket.CompressionDisabled,
 	})
@@ -114,7 +118,7 @@ func (s *wsServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		subs:     make(map[int64]struct{}),
 		limit:    rate.NewLimiter(s.cfg.commandRate, s.cfg.commandBurst),
 	}
-	c.outbox.OnConflate(s.metrics.conflated.Inc)
+	s.setUpWriter(c, sb)
 	if !s.add(c) {
 		s.release()
 		_ = ws.Close(websocket.StatusGoingAway, "the gateway is shutting down")
@@ -202,15 +206,7 @@ type wsConn struct {
 	reason   atomic.Pointer[closeReason] // why the gateway closed it; the first reason wins
 	finished chan struct{}
 
-	// The writer runs only while there is something to write (an idle
-	// socket then costs one goroutine, the reader's); pings run from a
-	// timer. writeCtx is set before either can start.
-	writeCtx context.Context
-	wmu      sync.Mutex // guards writing and closed
-	writing  bool       // a drain goroutine is running
-	closed   bool       // run is ending: start nothing more
-	writers  sync.WaitGroup
-	ping     *time.Timer
+	w connWriter // the writer goroutine's side (ws_writer.go)
 }
 
 // closeReason is why the gateway ended a connection: its close code, text
@@ -234,17 +230,12 @@ func (c *wsConn) stop(code websocket.StatusCode, text, metric string) {
 	}
 }
 
-// run reads commands until the socket ends, while drain goroutines write
-// what the outbox holds; then it gives the subscriptions back. Cancelling
+// run reads commands until the socket ends, while the writer writes what
+// the outbox holds; then it gives the subscriptions back. Cancelling
 // base (the server going away without a drain) drops the socket at once.
 func (c *wsConn) run(base context.Context) {
 	defer close(c.finished)
-	writeCtx, stopWriter := context.WithCancel(base)
-	c.writeCtx = writeCtx
-	c.outbox.OnReady(c.kick)
-	c.wmu.Lock()
-	c.ping = time.AfterFunc(c.srv.cfg.pingInterval, c.pinger)
-	c.wmu.Unlock()
+	stopWriter := c.startWriter(base)
 
 	readErr := c.read(base)
 	if r, ok := readErr.(*closeReason); ok {
@@ -253,13 +244,7 @@ func (c *wsConn) run(base context.Context) {
 			_ = c.ws.Close(r.code, r.text)
 		}
 	}
-	c.wmu.Lock()
-	c.closed = true
-	c.ping.Stop()
-	c.wmu.Unlock()
 	stopWriter()
-	c.writers.Wait() // every Add happened under wmu before closed was set
-	c.ws.CloseNow()
 
 	ids := make([]int64, 0, len(c.subs))
 	for id := range c.subs {
