@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -160,16 +161,34 @@ func rssKiB(pid int) (int64, error) {
 }
 
 // BenchmarkIdleConnectionMemory runs the real gateway binary and opens
-// 10,000 WebSocket connections, each watching 5 of 1,000 products, then
-// reports the gateway's resident memory per connection (RSS after minus RSS
-// before, over the connections). Target: at most 10 KiB each.
+// 10,000 WebSocket connections (BENCH_IDLE_CONNS), each watching 5 of 1,000
+// products, then reports the gateway's resident memory per connection (RSS
+// after minus RSS before, over the connections). Target: at most 10 KiB
+// each. The connections come from many source addresses in 127.0.0.0/8, so
+// that ephemeral ports do not run short; the file descriptor limit (the
+// test process and the gateway each hold one per connection) caps them.
 func BenchmarkIdleConnectionMemory(b *testing.B) {
-	const conns, perConn, products = 10000, 5, 1000
+	const perConn, products = 5, 1000
+	conns := 10000
+	if n, err := strconv.Atoi(os.Getenv("BENCH_IDLE_CONNS")); err == nil && n > 0 {
+		conns = n
+	}
 	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < 4*conns {
-		lim.Cur = max(lim.Cur, min(lim.Max, 4*conns))
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < uint64(4*conns) {
+		lim.Cur = max(lim.Cur, min(lim.Max, uint64(4*conns)))
 		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) // the gateway inherits it
 	}
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < uint64(conns)+500 {
+		b.Fatalf("RLIMIT_NOFILE is %d (hard %d): too few for %d connections", lim.Cur, lim.Max, conns)
+	}
+	var source atomic.Uint32
+	dialer := &net.Dialer{}
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		n := source.Add(1)
+		d := *dialer
+		d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, byte(1+n/250%250), byte(1+n%250))}
+		return d.DialContext(ctx, network, addr)
+	}}}
 	path, err := buildProgram("gateway")
 	if err != nil {
 		b.Fatal(err)
@@ -183,7 +202,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	ln.Close()
 	cmd := exec.Command(path)
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "LISTEN_ADDR="+addr,
-		"INSECURE_HTTP=true", "WS_MAX_CONNECTIONS=20000", "LOG_LEVEL=warn", "API_TOKEN=", "DEBUG_ADDR="+os.Getenv("BENCH_DEBUG_ADDR"))
+		"INSECURE_HTTP=true", "WS_MAX_CONNECTIONS="+strconv.Itoa(conns+1000), "LOG_LEVEL=warn", "API_TOKEN=", "DEBUG_ADDR="+os.Getenv("BENCH_DEBUG_ADDR"))
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -206,7 +225,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 		wg.Go(func() {
 			for i := range next {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				ws, _, err := websocket.Dial(ctx, "ws://"+addr+"/websocket", nil)
+				ws, _, err := websocket.Dial(ctx, "ws://"+addr+"/websocket", &websocket.DialOptions{HTTPClient: client})
 				if err != nil {
 					cancel()
 					errs <- err
@@ -242,7 +261,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.ReportMetric(float64(after-before)/conns, "KiB/conn")
+	b.ReportMetric(float64(after-before)/float64(conns), "KiB/conn")
 	b.ReportMetric(float64(after)/1024, "rss_MiB")
 	if resp, err := http.Get("http://" + addr + "/metrics"); err == nil {
 		body, _ := io.ReadAll(resp.Body)
@@ -252,9 +271,9 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 				if v, ok := strings.CutPrefix(line, name); ok {
 					f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
 					if name == "go_goroutines " {
-						b.ReportMetric(f/conns, "goroutines/conn")
+						b.ReportMetric(f/float64(conns), "goroutines/conn")
 					} else {
-						b.ReportMetric(f/1024/conns, strings.TrimSuffix(strings.TrimPrefix(name, "go_memstats_"), "_bytes ")+"_KiB/conn")
+						b.ReportMetric(f/1024/float64(conns), strings.TrimSuffix(strings.TrimPrefix(name, "go_memstats_"), "_bytes ")+"_KiB/conn")
 					}
 				}
 			}
