@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/productwatch/productwatch/pkg/change"
 	"github.com/productwatch/productwatch/pkg/testenv"
@@ -30,12 +31,25 @@ import (
 // at 1,000 changes/s; with and without a client next to them that never
 // reads (a tiny receive buffer, so its socket really stalls). The stalled
 // client must not move the others' latency (from the event's changedAt, set
-// at publish time, to its arrival at the reader).
+// at publish time, to its arrival at the reader). hot: 1,000 clients watch
+// one product that changes 200 times a second (S2's shape). Besides the
+// latency it reports the messages per socket write, the share of deliveries
+// conflated, and the test process's CPU time (gateway, NATS and the reading
+// clients together) per delivery.
 func BenchmarkDeliveryLatency(b *testing.B) {
-	for _, stalled := range []int{0, 1} {
-		b.Run(fmt.Sprintf("readers=100/stalled=%d", stalled), func(b *testing.B) {
+	cases := []struct {
+		name                       string
+		readers, products, stalled int
+		interval                   time.Duration
+	}{
+		{"readers=100/stalled=0", 100, 50, 0, time.Millisecond},
+		{"readers=100/stalled=1", 100, 50, 1, time.Millisecond},
+		{"hot/readers=1000/products=1/rate=200", 1000, 1, 0, 5 * time.Millisecond},
+	}
+	for _, tc := range cases {
+		b.Run(tc.name, func(b *testing.B) {
 			g := newWSGateway(b, nil, nil, func(c *Config) { c.WSWriteTimeout, c.WSSlowClientAfter = time.Minute, time.Minute })
-			const products, readers = 50, 100
+			products, readers, stalled := tc.products, tc.readers, tc.stalled
 			ids := make([]int64, products)
 			for i := range ids {
 				ids[i] = int64(i + 1)
@@ -74,8 +88,11 @@ func BenchmarkDeliveryLatency(b *testing.B) {
 				})
 			}
 			pad := strings.Repeat("x", 1000)
-			tick := time.NewTicker(time.Millisecond)
+			tick := time.NewTicker(tc.interval)
 			defer tick.Stop()
+			var before syscall.Rusage
+			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &before)
+			writesBefore, msgsBefore := histogram(b, g.g.ws.metrics.batchMessages)
 			b.ResetTimer()
 			for n := range want {
 				<-tick.C
@@ -92,6 +109,14 @@ func BenchmarkDeliveryLatency(b *testing.B) {
 				b.Fatal("readers did not get every change within 30 s")
 			}
 			b.StopTimer()
+			var after syscall.Rusage
+			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &after)
+			writes, msgs := histogram(b, g.g.ws.metrics.batchMessages)
+			cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
+			deliveries := float64(want * readers)
+			b.ReportMetric(float64(cpu.Microseconds())/deliveries, "cpu_us/delivery")
+			b.ReportMetric(float64(msgs-msgsBefore)/float64(max(writes-writesBefore, 1)), "msgs/write")
+			b.ReportMetric(testutil.ToFloat64(g.g.ws.metrics.conflated)/deliveries, "conflated/delivery")
 			var all []time.Duration
 			for _, l := range latencies {
 				all = append(all, l...)
@@ -257,6 +282,13 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	for err := range errs {
 		b.Fatal(err)
 	}
+	// Idle means idle: the writers that sent the acks end after a second or
+	// two without work. Wait (at most 20 s) until only the readers are left.
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if n, ok := gatewayMetric("http://"+addr+"/metrics", "go_goroutines "); ok && n <= float64(conns)*1.01+100 {
+			break
+		}
+	}
 	after, err := rssKiB(cmd.Process.Pid)
 	if err != nil {
 		b.Fatal(err)
@@ -292,4 +324,21 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 			ws.CloseNow()
 		}
 	}
+}
+
+// gatewayMetric reads one unlabelled metric from a /metrics page.
+func gatewayMetric(url, name string) (float64, bool) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
 }

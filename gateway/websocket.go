@@ -235,7 +235,7 @@ func (c *wsConn) stop(code websocket.StatusCode, text, metric string) {
 // base (the server going away without a drain) drops the socket at once.
 func (c *wsConn) run(base context.Context) {
 	defer close(c.finished)
-	stopWriter := c.startWriter(base)
+	stopWriter := c.startWriter()
 
 	readErr := c.read(base)
 	if r, ok := readErr.(*closeReason); ok {

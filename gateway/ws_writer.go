@@ -10,19 +10,22 @@ import (
 	"net/http"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
 )
 
 // The writer side of a WebSocket connection. One goroutine per connection,
-// the writer, owns every write of events and answers and decides when to
-// ping. When several messages wait it writes them with one system call: the
-// frames coder/websocket makes go into a per-connection buffer (the cork,
-// under the library's buffered writer) and the writer sends the buffer when
-// the batch is complete. A lone message goes out at once: nothing waits for
-// company.
+// the writer, owns every write of events and answers. It is started when
+// something is queued and ends after writerIdle without anything to write,
+// so a busy connection keeps it (no goroutine started per message) and an
+// idle one costs no writer at all (BenchmarkIdleConnectionMemory). When
+// several messages wait it writes them with one system call: the frames
+// coder/websocket makes go into a per-connection buffer (the cork, under the
+// library's buffered writer) and the writer sends the buffer when the batch
+// is complete. A lone message goes out at once: nothing waits for company.
+// Pings come from a timer; the pong is awaited on the timer's goroutine, so
+// that events never wait behind a round trip.
 
 // Batch limits: a batch is sent when the outbox is empty, or after this
 // many messages or bytes (so that one busy client does not hold a large
@@ -32,14 +35,22 @@ const (
 	maxBatchBytes    = 64 << 10
 	// poolBufferLimit: larger batch buffers are not kept for reuse.
 	poolBufferLimit = 256 << 10
+	// writerIdle: a writer that has had nothing to write for between one
+	// and two of these ends.
+	writerIdle = time.Second
 )
 
 // connWriter is the writer side of a wsConn.
 type connWriter struct {
-	cork    *cork         // under coder/websocket's buffered writer
-	wake    chan struct{} // the outbox has work for an idle writer
-	tasks   sync.WaitGroup
-	pinging atomic.Bool // a ping waits for its pong
+	cork *cork         // under coder/websocket's buffered writer
+	wake chan struct{} // the outbox has work for the running writer
+	quit chan struct{} // closed when the connection ends
+
+	mu      sync.Mutex // guards running, closed and ping; wake is sent to under it
+	running bool       // a writer goroutine runs
+	closed  bool       // the connection is ending: start nothing more
+	ping    *time.Timer
+	tasks   sync.WaitGroup // the writer and a ping in flight
 }
 
 // setUpWriter gives a new connection its outbox limits and metric hooks and
@@ -47,53 +58,93 @@ type connWriter struct {
 func (s *wsServer) setUpWriter(c *wsConn, sb *smallBuffers) {
 	c.w.cork = sb.cork
 	c.w.wake = make(chan struct{}, 1)
+	c.w.quit = make(chan struct{})
 	c.outbox.SetConflation(s.cfg.conflation)
 	c.outbox.OnConflate(s.metrics.eventsConflated, s.metrics.clientsConflated.Inc)
-	c.outbox.OnReady(c.w.kick)
+	c.outbox.OnReady(c.kick)
 }
 
-// kick is the outbox's ready hook: it wakes the idle writer.
-func (w *connWriter) kick() {
-	select {
-	case w.wake <- struct{}{}:
+// kick is the outbox's ready hook, called when something is queued for an
+// idle writer: it wakes the running writer or starts one.
+func (c *wsConn) kick() {
+	w := &c.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case w.closed:
+	case w.running:
+		select { // under mu, so that a writer deciding to end sees it
+		case w.wake <- struct{}{}:
+		default:
+		}
 	default:
+		w.running = true
+		w.tasks.Add(1)
+		go c.writeLoop()
 	}
 }
 
-// startWriter starts the writer; stop ends it (and the socket) and waits
-// for it and its pings.
-func (c *wsConn) startWriter(base context.Context) (stop func()) {
-	ctx, cancel := context.WithCancel(base)
-	c.w.tasks.Go(func() { c.writeLoop(ctx) })
+// startWriter arms the ping timer; stop ends the writer, the pings and the
+// socket, and waits for them.
+func (c *wsConn) startWriter() (stop func()) {
+	c.w.mu.Lock()
+	c.w.ping = time.AfterFunc(c.srv.cfg.pingInterval, c.pinger)
+	c.w.mu.Unlock()
 	return func() {
-		cancel()
+		c.w.mu.Lock()
+		c.w.closed = true
+		c.w.ping.Stop()
+		c.w.mu.Unlock()
+		close(c.w.quit)
 		c.outbox.Close()
 		c.ws.CloseNow() // a write stuck on a stalled socket returns
 		c.w.tasks.Wait()
 	}
 }
 
-// writeLoop writes what the outbox holds whenever it is woken, and pings
-// the client every ping interval, until ctx ends or the socket fails.
-func (c *wsConn) writeLoop(ctx context.Context) {
-	ping := time.NewTimer(c.srv.cfg.pingInterval)
-	defer ping.Stop()
+// writeLoop writes what the outbox holds, and again whenever it is woken,
+// until the connection ends or nothing has come for writerIdle.
+func (c *wsConn) writeLoop() {
+	defer c.w.tasks.Done()
+	idle := time.NewTimer(writerIdle)
+	defer idle.Stop()
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-c.w.wake:
-			if !c.writeQueued() {
-				return
-			}
-		case <-ping.C:
-			// The pong is awaited on a goroutine of its own, so that
-			// events do not wait behind a round trip.
-			if c.w.pinging.CompareAndSwap(false, true) {
-				c.w.tasks.Go(func() { c.ping(ctx) })
-			}
-			ping.Reset(c.srv.cfg.pingInterval)
+		if !c.writeQueued() {
+			return // the socket failed or is closing: stay "running", start no other
 		}
+		active := true
+	wait:
+		for {
+			select {
+			case <-c.w.quit:
+				return
+			case <-c.w.wake:
+				break wait
+			case <-idle.C:
+				idle.Reset(writerIdle)
+				if active { // wrote since the last tick
+					active = false
+					continue
+				}
+				if c.retire() {
+					return
+				}
+				break wait // woken meanwhile
+			}
+		}
+	}
+}
+
+// retire ends the writer unless a wake-up is pending.
+func (c *wsConn) retire() bool {
+	c.w.mu.Lock()
+	defer c.w.mu.Unlock()
+	select {
+	case <-c.w.wake:
+		return false
+	default:
+		c.w.running = false
+		return true
 	}
 }
 
@@ -154,17 +205,34 @@ func (c *wsConn) writeQueued() bool {
 	}
 }
 
-// ping pings the client; no pong within the write timeout drops it.
-func (c *wsConn) ping(ctx context.Context) {
-	defer c.w.pinging.Store(false)
-	pctx, cancel := context.WithTimeout(ctx, c.srv.cfg.writeTimeout)
+// pinger pings the client from the ping timer and re-arms it; a ping that
+// gets no pong within the write timeout drops the client.
+func (c *wsConn) pinger() {
+	c.w.mu.Lock()
+	if c.w.closed {
+		c.w.mu.Unlock()
+		return
+	}
+	c.w.tasks.Add(1)
+	c.w.mu.Unlock()
+	defer c.w.tasks.Done()
+	// No parent context: the connection's end (CloseNow) ends the ping.
+	pctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.writeTimeout)
 	err := c.ws.Ping(pctx)
 	timedOut := errors.Is(pctx.Err(), context.DeadlineExceeded)
 	cancel()
-	if err != nil && timedOut {
-		c.reason.CompareAndSwap(nil, &closeReason{code: websocket.StatusPolicyViolation, text: "ping timeout", metric: "ping_timeout"})
-		c.ws.CloseNow()
+	if err != nil {
+		if timedOut {
+			c.reason.CompareAndSwap(nil, &closeReason{code: websocket.StatusPolicyViolation, text: "ping timeout", metric: "ping_timeout"})
+			c.ws.CloseNow()
+		}
+		return
 	}
+	c.w.mu.Lock()
+	if !c.w.closed {
+		c.w.ping.Reset(c.srv.cfg.pingInterval)
+	}
+	c.w.mu.Unlock()
 }
 
 // cork is the writer under coder/websocket's buffered writer. While the

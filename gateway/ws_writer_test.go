@@ -89,7 +89,7 @@ func event(id, v int64) []byte {
 }
 
 // histogram returns a histogram's sample count and sum.
-func histogram(t *testing.T, h prometheus.Histogram) (count uint64, sum int) {
+func histogram(t testing.TB, h prometheus.Histogram) (count uint64, sum int) {
 	t.Helper()
 	var m dto.Metric
 	if err := h.Write(&m); err != nil {
