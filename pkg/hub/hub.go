@@ -147,8 +147,7 @@ func (h *Hub) Run(ctx context.Context) error {
 	for range h.opts.FanOutHelpers {
 		helpers.Go(func() {
 			for j := range h.helpers {
-				deliverTo(j.subs, j.id, j.version, j.data)
-				j.done.Done()
+				h.runJob(j)
 			}
 		})
 	}
@@ -224,9 +223,24 @@ func (h *Hub) fanOut(st *fanState, subs []Subscriber, id, version int64, data []
 		*j = fanJob{subs: subs[p*size : min((p+1)*size, len(subs))], id: id, version: version, data: data, done: &st.wg}
 		h.helpers <- j
 	}
+	defer func() { // even if a Deliver panics: the jobs are reused by the next change
+		st.wg.Wait()
+		clear(st.jobs[:parts-1]) // keep no message alive
+	}()
 	deliverTo(subs[:size], id, version, data)
-	st.wg.Wait()
-	clear(st.jobs[:parts-1]) // keep no message alive
+}
+
+// runJob delivers a helper's part of a fan-out. A panicking Deliver is
+// logged and the part given up, so that the dispatcher waiting for it goes
+// on.
+func (h *Hub) runJob(j *fanJob) {
+	defer j.done.Done()
+	defer func() {
+		if v := recover(); v != nil {
+			h.opts.Logger.Error("panic in a fan-out helper; the change did not reach some subscribers", "product_id", j.id, "panic", fmt.Sprint(v))
+		}
+	}()
+	deliverTo(j.subs, j.id, j.version, j.data)
 }
 
 func deliverTo(subs []Subscriber, id, version int64, data []byte) {
