@@ -225,9 +225,26 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
+	// pprof on its own port: a heap profile with gc=1 collects the garbage
+	// before each measurement, so that GC timing does not move the figures.
+	debugAddr := os.Getenv("BENCH_DEBUG_ADDR")
+	if debugAddr == "" {
+		dl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		debugAddr = dl.Addr().String()
+		dl.Close()
+	}
+	collect := func() {
+		if resp, err := http.Get("http://" + debugAddr + "/debug/pprof/heap?gc=1"); err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
 	cmd := exec.Command(path)
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "LISTEN_ADDR="+addr,
-		"INSECURE_HTTP=true", "WS_MAX_CONNECTIONS="+strconv.Itoa(conns+1000), "LOG_LEVEL=warn", "API_TOKEN=", "DEBUG_ADDR="+os.Getenv("BENCH_DEBUG_ADDR"))
+		"INSECURE_HTTP=true", "WS_MAX_CONNECTIONS="+strconv.Itoa(conns+1000), "LOG_LEVEL=warn", "API_TOKEN=", "DEBUG_ADDR="+debugAddr)
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -237,6 +254,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 		_ = cmd.Wait()
 	}()
 	waitReady(b, "the gateway", "http://"+addr)
+	collect()
 	before, err := rssKiB(cmd.Process.Pid)
 	if err != nil {
 		b.Fatal(err)
@@ -289,6 +307,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 			break
 		}
 	}
+	collect()
 	after, err := rssKiB(cmd.Process.Pid)
 	if err != nil {
 		b.Fatal(err)
@@ -311,7 +330,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 			}
 		}
 	}
-	if debug, out := os.Getenv("BENCH_DEBUG_ADDR"), os.Getenv("BENCH_HEAP_PROFILE"); debug != "" && out != "" {
+	if debug, out := debugAddr, os.Getenv("BENCH_HEAP_PROFILE"); out != "" {
 		// make bench-profile: keep the gateway's heap profile with every socket open
 		if resp, err := http.Get("http://" + debug + "/debug/pprof/heap?gc=1"); err == nil {
 			data, _ := io.ReadAll(resp.Body)

@@ -37,7 +37,7 @@ const (
 	poolBufferLimit = 256 << 10
 	// writerIdle: a writer that has had nothing to write for between one
 	// and two of these ends.
-	writerIdle = time.Second
+	writerIdle = 250 * time.Millisecond
 )
 
 // connWriter is the writer side of a wsConn.
