@@ -2,10 +2,15 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -194,4 +199,89 @@ func conflatedQueue(s *wsServer) float64 {
 		}
 	}
 	return float64(longest)
+}
+
+// countingConn counts the writes that reach a real socket.
+type countingConn struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// TestCork: while held, writes collect and flush sends them with one
+// socket write; otherwise they go straight through; a socket that takes
+// nothing fails the flush with a deadline error after the write timeout.
+func TestCork(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	defer server.Close()
+	conn := &countingConn{Conn: server}
+	k := &cork{conn: conn, timeout: 200 * time.Millisecond, pool: newBatchPool()}
+
+	k.hold()
+	for _, part := range []string{"one,", "two,", "three."} {
+		if _, err := k.Write([]byte(part)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if conn.writes.Load() != 0 || k.buffered() != len("one,two,three.") {
+		t.Fatalf("%d socket writes, %d bytes held while corked", conn.writes.Load(), k.buffered())
+	}
+	if err := k.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Write([]byte("pong")); err != nil { // not held: straight through
+		t.Fatal(err)
+	}
+	if n := conn.writes.Load(); n != 2 {
+		t.Errorf("%d socket writes, want 2 (one batch, one pass-through)", n)
+	}
+	got := make([]byte, len("one,two,three.pong"))
+	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(client, got); err != nil || string(got) != "one,two,three.pong" {
+		t.Fatalf("the peer read %q, %v", got, err)
+	}
+
+	// The client stops reading: batches pile up in the socket buffers
+	// until one cannot be written within the timeout.
+	big := make([]byte, 1<<20)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if time.Now().After(deadline) {
+			t.Fatal("a socket nobody reads took batches for 10 s without a deadline error")
+		}
+		k.hold()
+		_, _ = k.Write(big)
+		if err := k.flush(); err != nil {
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("flush to a stalled socket: %v, want a deadline error", err)
+			}
+			break
+		}
+	}
 }
