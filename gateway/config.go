@@ -43,8 +43,8 @@ type Config struct {
 	WSSlowClientAfter  time.Duration // WS_SLOW_CLIENT_AFTER: a change waiting longer than this drops the client
 
 	WSConflateAfter     time.Duration // WS_CONFLATE_AFTER: a client whose oldest waiting change is older is conflated
-	WSConflateMaxEvents int           // WS_CONFLATE_MAX_EVENTS: ... or with more changes waiting
-	WSConflateMaxBytes  int           // WS_CONFLATE_MAX_BYTES: ... or with more bytes of changes waiting
+	WSConflateMaxEvents int           // WS_CONFLATE_MAX_EVENTS: ... or with more changes than this waiting
+	WSConflateMaxBytes  int           // WS_CONFLATE_MAX_BYTES: ... or with more bytes of changes than this waiting
 }
 
 // defaultDatabaseURL is the local PostgreSQL service of a development machine.
@@ -77,8 +77,8 @@ func loadConfig(args []string) (Config, error) {
 	set.Duration(&cfg.WSPingInterval, "ws-ping-interval", "WS_PING_INTERVAL", 30*time.Second, "ping idle clients this often")
 	set.Duration(&cfg.WSSlowClientAfter, "ws-slow-client-after", "WS_SLOW_CLIENT_AFTER", 15*time.Second, "a change waiting in a client's queue longer than this drops the client (close 4008)")
 	set.Duration(&cfg.WSConflateAfter, "ws-conflate-after", "WS_CONFLATE_AFTER", hub.DefaultConflateAfter, "a client whose oldest waiting change is older than this has its waiting changes conflated per product (latest version) until it catches up")
-	set.Int(&cfg.WSConflateMaxEvents, "ws-conflate-max-events", "WS_CONFLATE_MAX_EVENTS", hub.DefaultConflateMaxEvents, "... or when more changes than this wait for it")
-	set.Int(&cfg.WSConflateMaxBytes, "ws-conflate-max-bytes", "WS_CONFLATE_MAX_BYTES", hub.DefaultConflateMaxBytes, "... or when more bytes of changes than this wait for it")
+	set.Int(&cfg.WSConflateMaxEvents, "ws-conflate-max-events", "WS_CONFLATE_MAX_EVENTS", hub.DefaultConflateMaxEvents, "a client with more changes than this waiting has them conflated per product until it catches up (see -ws-conflate-after)")
+	set.Int(&cfg.WSConflateMaxBytes, "ws-conflate-max-bytes", "WS_CONFLATE_MAX_BYTES", hub.DefaultConflateMaxBytes, "a client with more bytes of changes than this waiting has them conflated per product until it catches up (see -ws-conflate-after)")
 	cfg.Log.Register(set)
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {
