@@ -285,3 +285,35 @@ func TestCork(t *testing.T) {
 		}
 	}
 }
+
+// TestWriterRetiresAndRestarts: an idle connection's writer ends, and the
+// next change starts another that delivers it.
+func TestWriterRetiresAndRestarts(t *testing.T) {
+	t.Parallel()
+	g := newWSGateway(t, nil, nil, nil)
+	c := g.dial(t, nil)
+	c.send(`{"command":"subscribe","productIDs":[7]}`)
+	c.expect("ack")
+	running := func() (n int) {
+		s := g.g.ws
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for conn := range s.conns {
+			conn.w.mu.Lock()
+			if conn.w.running {
+				n++
+			}
+			conn.w.mu.Unlock()
+		}
+		return n
+	}
+	for round := int64(1); round <= 2; round++ {
+		waitUntil(t, "the idle writer to end", func() bool { return running() == 0 })
+		if err := g.nc.Publish(change.Subject(7), bigEvent(7, round, "p")); err != nil {
+			t.Fatal(err)
+		}
+		if m := c.next(); m.ProductID != 7 || m.Version != round {
+			t.Fatalf("got product %d version %d, want 7 version %d", m.ProductID, m.Version, round)
+		}
+	}
+}
