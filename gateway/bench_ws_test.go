@@ -245,7 +245,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 		}
 	}
 	cmd := exec.Command(path)
-	cmd.Env = append(os.Environ(), "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "LISTEN_ADDR="+addr,
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "NATS_USER="+n.Gateway.User, "NATS_PASSWORD="+n.Gateway.Password, "LISTEN_ADDR="+addr,
 		"INSECURE_HTTP=true", "WS_MAX_CONNECTIONS="+strconv.Itoa(conns+1000), "LOG_LEVEL=warn", "API_TOKEN=", "DEBUG_ADDR="+debugAddr)
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := cmd.Start(); err != nil {

@@ -66,6 +66,7 @@ func newWSMetrics(reg prometheus.Registerer, h *hub.Hub) *wsMetrics {
 		Help:    "Messages written to a socket with one system call (the count is the number of socket writes).",
 		Buckets: []float64{1, 2, 4, 8, 16, 32, 64}})
 	reg.MustRegister(m.clientsConflated, m.batchMessages)
+	reg.MustRegister(allMetrics(h)...)
 	return m
 }
 

@@ -60,6 +60,7 @@ type Hub struct {
 	dispatchers []chan *nats.Msg
 	fan         []fanState   // per dispatcher, owned by it
 	helpers     chan *fanJob // parts of hot products' fan-outs
+	all         *allWatchers // the watch-all subscribers (all.go)
 	products    atomic.Int64 // products with a NATS subscription
 	received    atomic.Int64 // messages received from NATS
 	delivered   atomic.Int64 // deliveries to subscribers
@@ -121,7 +122,7 @@ func New(nc *nats.Conn, opts Options) *Hub {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	h := &Hub{nc: nc, opts: opts, shards: make([]shard, opts.Shards), dispatchers: make([]chan *nats.Msg, opts.Dispatchers),
-		fan: make([]fanState, opts.Dispatchers), helpers: make(chan *fanJob, opts.Dispatchers*opts.FanOutHelpers)}
+		fan: make([]fanState, opts.Dispatchers), helpers: make(chan *fanJob, opts.Dispatchers*opts.FanOutHelpers), all: newAllWatchers()}
 	for i := range h.fan {
 		h.fan[i].jobs = make([]fanJob, opts.FanOutHelpers)
 	}
@@ -157,6 +158,7 @@ func (h *Hub) Run(ctx context.Context) error {
 	wg.Wait()
 	close(h.helpers) // no dispatcher waits for a helper any more
 	helpers.Wait()
+	h.closeAll()
 	for i := range h.shards {
 		s := &h.shards[i]
 		s.mu.Lock()
@@ -191,6 +193,10 @@ func (h *Hub) deliver(msg *nats.Msg) {
 	version, ok := change.EventVersion(msg.Data)
 	if !ok {
 		h.opts.Logger.Warn("message without a version; dropped", "subject", msg.Subject)
+		return
+	}
+	if h.isAll(msg) {
+		h.deliverAll(id, version, msg.Data)
 		return
 	}
 	s := h.shard(id)
