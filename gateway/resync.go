@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 
@@ -11,6 +10,7 @@ import (
 
 	"github.com/productwatch/productwatch/pkg/change"
 	"github.com/productwatch/productwatch/pkg/hub"
+	"github.com/productwatch/productwatch/pkg/sleep"
 )
 
 // resyncQueue collects the products whose changes may have been missed:
@@ -40,15 +40,15 @@ func (q *resyncQueue) requestAll() {
 // lost asks for the product of a subscription whose messages were dropped
 // (broker.Hooks.OnSlowConsumer).
 func (q *resyncQueue) lost(sub *nats.Subscription) {
-	if sub == nil || len(sub.Subject) <= len(change.SubjectPrefix) {
+	if sub == nil {
 		return
 	}
 	if sub.Subject == change.SubjectPrefix+"*" { // the watch-all subscription (watchall.go)
 		q.requestAll()
 		return
 	}
-	id, err := strconv.ParseInt(sub.Subject[len(change.SubjectPrefix):], 10, 64)
-	if err != nil {
+	id, ok := change.ProductID(sub.Subject)
+	if !ok {
 		return
 	}
 	q.mu.Lock()
@@ -110,7 +110,7 @@ func (r *resyncer) run(ctx context.Context) {
 				r.queue.ids[id] = struct{}{}
 				r.queue.mu.Unlock()
 			}
-			sleepCtx(ctx, time.Second)
+			sleep.For(ctx, time.Second)
 			r.queue.wake()
 			continue
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/productwatch/productwatch/pkg/hub"
 	"github.com/productwatch/productwatch/pkg/protocol"
+	"github.com/productwatch/productwatch/pkg/sleep"
 )
 
 // Close codes of the WebSocket endpoint beyond RFC 6455's: 4000–4999 are the
@@ -177,7 +178,7 @@ func (s *wsServer) Drain(ctx context.Context, window time.Duration) {
 	s.logger.Info("draining websockets", "connections", len(conns), "window", window)
 	step := window / time.Duration(len(conns))
 	for i, c := range conns {
-		if i > 0 && step > 0 && !sleepCtx(ctx, step) {
+		if i > 0 && step > 0 && !sleep.For(ctx, step) {
 			break
 		}
 		c.stop(websocket.StatusGoingAway, "gateway shutting down: reconnect", "drain")
@@ -373,17 +374,5 @@ func (c *wsConn) answerError(id []byte, code, message string, ids []int64) {
 func (c *wsConn) answer(msg []byte) {
 	if err := c.outbox.Control(msg); err != nil {
 		c.stop(websocket.StatusPolicyViolation, "too many unread answers: read what you are sent", "unread_answers")
-	}
-}
-
-// sleepCtx waits d or until ctx ends; it reports whether d passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

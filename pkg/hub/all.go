@@ -2,7 +2,6 @@ package hub
 
 import (
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -128,8 +127,8 @@ func (h *Hub) MissedAll() {
 // waits when the dispatcher is full (NATS then buffers, up to the pending
 // limits) until the hub stops.
 func (h *Hub) forwardAll(msg *nats.Msg) {
-	id, err := strconv.ParseInt(msg.Subject[len(change.SubjectPrefix):], 10, 64)
-	if err != nil {
+	id, ok := change.ProductID(msg.Subject)
+	if !ok {
 		return
 	}
 	select {

@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -186,8 +185,8 @@ func (h *Hub) dispatch(ctx context.Context, ch chan *nats.Msg) {
 // deliver hands one NATS message to the product's current subscribers.
 func (h *Hub) deliver(msg *nats.Msg) {
 	h.received.Add(1)
-	id, err := strconv.ParseInt(msg.Subject[len(change.SubjectPrefix):], 10, 64)
-	if err != nil {
+	id, ok := change.ProductID(msg.Subject)
+	if !ok {
 		return
 	}
 	version, ok := change.EventVersion(msg.Data)
