@@ -57,6 +57,16 @@ func (q *resyncQueue) lost(sub *nats.Subscription) {
 	q.wake()
 }
 
+// retry asks again for ids whose re-sync failed.
+func (q *resyncQueue) retry(ids []int64) {
+	q.mu.Lock()
+	for _, id := range ids {
+		q.ids[id] = struct{}{}
+	}
+	q.mu.Unlock()
+	q.wake()
+}
+
 func (q *resyncQueue) wake() {
 	select {
 	case q.signal <- struct{}{}:
@@ -105,13 +115,8 @@ func (r *resyncer) run(ctx context.Context) {
 		}
 		if err := r.resync(ctx, ids); err != nil {
 			r.logger.Warn("re-sync after NATS trouble failed; retrying", "products", len(ids), "err", err)
-			for _, id := range ids {
-				r.queue.mu.Lock()
-				r.queue.ids[id] = struct{}{}
-				r.queue.mu.Unlock()
-			}
 			sleep.For(ctx, time.Second)
-			r.queue.wake()
+			r.queue.retry(ids)
 			continue
 		}
 		r.logger.Info("re-synced products from the database", "products", len(ids))
