@@ -60,19 +60,12 @@ LANGUAGE plpgsql AS $$
 DECLARE
     change_seq     bigint := nextval('product_changes_seq');
     change_at      timestamptz := clock_timestamp();
-    row_image      products;
-    change_version bigint;
-    event          text;
+    -- NEW is null for a delete: its event carries the last state, OLD, and a
+    -- version one more than that state's, so that it orders after every update.
+    row_image      products := COALESCE(NEW, OLD);
+    change_version bigint := row_image.version + CASE TG_OP WHEN 'DELETE' THEN 1 ELSE 0 END;
+    event          text := change_event(change_seq, TG_OP, change_version, change_at, row_image);
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        row_image := OLD;
-        change_version := OLD.version + 1;
-    ELSE
-        row_image := NEW;
-        change_version := NEW.version;
-    END IF;
-    event := change_event(change_seq, TG_OP, change_version, change_at, row_image);
-
     INSERT INTO product_changes (seq, product_id, action, version, changed_at, event)
     VALUES (change_seq, row_image.product_id, TG_OP, change_version, change_at, event::json);
 
