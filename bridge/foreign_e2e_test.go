@@ -161,7 +161,7 @@ func TestNotReadyWhileStuck(t *testing.T) {
 		"NATS_USER": ns.Gateway.User, "NATS_PASSWORD": ns.Gateway.Password, "PUBLISH_TIMEOUT": "1s",
 	}))
 	sawReady := false
-	waitFor(t, 45*time.Second, "/readyz to report the stuck publishing", func() (bool, string) {
+	testenv.WaitFor(t, 45*time.Second, "/readyz to report the stuck publishing", func() (bool, string) {
 		if b.hasExited() {
 			t.Fatalf("%s exited: %s", b.name, b.describeExit())
 		}

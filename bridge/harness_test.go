@@ -20,7 +20,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -346,7 +345,7 @@ const readyTimeout = 30 * time.Second
 // exits first or readyTimeout passes.
 func (b *bridgeProc) waitReady(t testing.TB) {
 	t.Helper()
-	waitFor(t, readyTimeout, b.name+" /readyz 200", func() (bool, string) {
+	testenv.WaitFor(t, readyTimeout, b.name+" /readyz 200", func() (bool, string) {
 		if b.hasExited() {
 			t.Fatalf("%s exited before it was ready: %s\n%s", b.name, b.describeExit(), tail(b.out.String(), 100))
 		}
@@ -368,45 +367,22 @@ func (b *bridgeProc) ready() bool {
 // (the sum over its label sets), or NaN when the bridge does not answer or
 // does not export it. NaN compares false with everything, so a condition
 // like metric(...) == 1 is simply not met yet.
+// sumMetric returns the sum of the samples of name on a /metrics page, NaN
+// when there is none or the page does not parse.
+func sumMetric(page, name string) float64 {
+	m, err := testenv.ParseMetrics(page)
+	if err != nil {
+		return math.NaN()
+	}
+	return m.Sum(name)
+}
+
 func (b *bridgeProc) metric(name string) float64 {
 	status, body, err := b.get("/metrics")
 	if err != nil || status != http.StatusOK {
 		return math.NaN()
 	}
-	return parseMetric(body, name)
-}
-
-// parseMetric returns the sum of the samples of name in a Prometheus text
-// exposition, or NaN if there is none.
-func parseMetric(text, name string) float64 {
-	sum, found := 0.0, false
-	for line := range strings.Lines(text) {
-		line = strings.TrimSpace(line)
-		rest, ok := strings.CutPrefix(line, name)
-		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
-			continue
-		}
-		if rest[0] == '{' {
-			end := strings.LastIndexByte(rest, '}')
-			if end < 0 {
-				continue
-			}
-			rest = rest[end+1:]
-		}
-		fields := strings.Fields(rest)
-		if len(fields) == 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(fields[0], 64)
-		if err != nil {
-			continue
-		}
-		sum, found = sum+v, true
-	}
-	if !found {
-		return math.NaN()
-	}
-	return sum
+	return sumMetric(body, name)
 }
 
 // logBuffer collects a process's output, safe for the concurrent writes of
@@ -449,32 +425,6 @@ func tail(s string, n int) string {
 func freeAddr(t testing.TB) string {
 	t.Helper()
 	return testenv.FreeAddr(t)
-}
-
-// pollEvery is how often waitFor checks its condition.
-const pollEvery = 20 * time.Millisecond
-
-// waitFor polls cond until it reports true, failing the test with what and
-// cond's last detail when timeout passes first. It returns how long it
-// waited.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) time.Duration {
-	t.Helper()
-	began := time.Now()
-	deadline := began.Add(timeout)
-	for {
-		ok, detail := cond()
-		if ok {
-			return time.Since(began)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s; last: %s", timeout, what, detail)
-		}
-		select {
-		case <-t.Context().Done():
-			t.Fatalf("test ended while waiting for %s", what)
-		case <-time.After(pollEvery):
-		}
-	}
 }
 
 // externalNATS serialises the tests of this package when NATS_URL names an
@@ -542,7 +492,7 @@ func streamState(ctx context.Context, js jetstream.JetStream) (msgs, lastSeq uin
 // returns how long that took.
 func waitStreamCount(t testing.TB, js jetstream.JetStream, want uint64, timeout time.Duration) time.Duration {
 	t.Helper()
-	return waitFor(t, timeout, fmt.Sprintf("%d messages in %s", want, broker.StreamName), func() (bool, string) {
+	return testenv.WaitFor(t, timeout, fmt.Sprintf("%d messages in %s", want, broker.StreamName), func() (bool, string) {
 		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
 		defer cancel()
 		msgs, _, err := streamState(ctx, js)
@@ -588,7 +538,7 @@ func waitAllPublished(t testing.TB, natsURL string, js jetstream.JetStream, db *
 			verifyStream(t, natsURL, db)
 			t.FailNow()
 		}
-		time.Sleep(pollEvery)
+		time.Sleep(testenv.PollInterval)
 	}
 }
 
@@ -628,7 +578,7 @@ func describeState(t testing.TB, js jetstream.JetStream, db *sql.DB) string {
 		}
 		var values []string
 		for _, name := range diagnosticMetrics {
-			values = append(values, fmt.Sprintf("%s %v", strings.TrimPrefix(name, "productwatch_bridge_"), parseMetric(body, name)))
+			values = append(values, fmt.Sprintf("%s %v", strings.TrimPrefix(name, "productwatch_bridge_"), sumMetric(body, name)))
 		}
 		parts = append(parts, b.name+": "+strings.Join(values, ", "))
 	}
@@ -751,7 +701,7 @@ func (w *writers) running() bool {
 // writers have stopped.
 func (w *writers) waitCommitted(t testing.TB, n int64) {
 	t.Helper()
-	waitFor(t, w.load.Timeout, fmt.Sprintf("%d committed changes", n), func() (bool, string) {
+	testenv.WaitFor(t, w.load.Timeout, fmt.Sprintf("%d committed changes", n), func() (bool, string) {
 		select {
 		case <-w.done:
 			return true, ""

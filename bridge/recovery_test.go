@@ -155,7 +155,7 @@ func TestNATSRestarted(t *testing.T) {
 	waitStreamCount(t, js, 500, catchUpTimeout)
 	ns.RestartWith(t, func() {
 		began, committed := time.Now(), w.Committed()
-		noticed := pollUntil(10*time.Second, func() bool { return !b.ready() })
+		noticed := testenv.Poll(t, 10*time.Second, func() bool { return !b.ready() })
 		if !noticed {
 			t.Errorf("%s: /readyz still answers 200 10s into the NATS outage", b.name)
 		}
@@ -171,18 +171,6 @@ func TestNATSRestarted(t *testing.T) {
 	w.waitCommitted(t, w.Committed()+500)
 	w.stop(t)
 	waitAllPublished(t, ns.URL, js, pg.DB, catchUpTimeout)
-}
-
-// pollUntil polls cond until it is true (true) or timeout passes (false).
-func pollUntil(timeout time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(pollEvery)
-	}
-	return true
 }
 
 // listenBackends returns the pids of the sessions on db's database whose
@@ -217,7 +205,7 @@ func listenBackends(t testing.TB, db *sql.DB) []int64 {
 func killListener(t testing.TB, db *sql.DB, previous int64) int64 {
 	t.Helper()
 	var pid int64
-	waitFor(t, 10*time.Second, "a LISTEN backend", func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, "a LISTEN backend", func() (bool, string) {
 		pids := listenBackends(t, db)
 		pids = slices.DeleteFunc(pids, func(p int64) bool { return p == previous })
 		if len(pids) != 1 {
@@ -238,7 +226,7 @@ func killListener(t testing.TB, db *sql.DB, previous int64) int64 {
 // metric) and the flag says so to writers.
 func waitIdle(t testing.TB, b *bridgeProc, db *sql.DB) {
 	t.Helper()
-	waitFor(t, 10*time.Second, b.name+" idle, asking for wake-ups", func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, b.name+" idle, asking for wake-ups", func() (bool, string) {
 		metric, flag := b.metric(metricWakeupWanted), wakeupFlag(t, db)
 		return metric == 1 && flag == 2, fmt.Sprintf("%s = %v, product_change_wakeup = %d", metricWakeupWanted, metric, flag)
 	})
@@ -283,7 +271,7 @@ func TestListenerKilled(t *testing.T) {
 	updateProduct(t, pg.DB, products[0]) // while the listener is gone
 	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
 	waitIdle(t, b, pg.DB)
-	waitFor(t, 10*time.Second, "a new LISTEN backend", func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, "a new LISTEN backend", func() (bool, string) {
 		pids := listenBackends(t, pg.DB)
 		return len(pids) == 1 && pids[0] != pid, fmt.Sprintf("LISTEN backends %v", pids)
 	})
@@ -335,7 +323,7 @@ func TestPostgresRestarted(t *testing.T) {
 	began := time.Now()
 	noticed := false
 	server.restartWith(t, func() {
-		noticed = pollUntil(10*time.Second, func() bool { return !b.ready() })
+		noticed = testenv.Poll(t, 10*time.Second, func() bool { return !b.ready() })
 		if !noticed {
 			t.Errorf("%s: /readyz still answers 200 10s after PostgreSQL stopped", b.name)
 		}
@@ -513,14 +501,14 @@ func TestTwoBridges(t *testing.T) {
 		if l, s := leader.metric(metricLeader), standby.metric(metricLeader); l != 1 || s != 0 {
 			t.Fatalf("under load: %s leader = %v, %s leader = %v; want 1 and 0", leader.name, l, standby.name, s)
 		}
-		time.Sleep(pollEvery)
+		time.Sleep(testenv.PollInterval)
 	}
 	if p := standby.metric(metricPublished); p != 0 {
 		t.Errorf("standby %s: %s = %v, want 0", standby.name, metricPublished, p)
 	}
 
 	killMidBurst(t, w, leader)
-	took := waitFor(t, 5*time.Second, standby.name+" taking the lead", func() (bool, string) {
+	took := testenv.WaitFor(t, 5*time.Second, standby.name+" taking the lead", func() (bool, string) {
 		v := standby.metric(metricLeader)
 		return v == 1, fmt.Sprintf("%s = %v", metricLeader, v)
 	})
@@ -542,7 +530,7 @@ func TestTwoBridges(t *testing.T) {
 // other standing by, and returns them in that order.
 func leaderOf(t testing.TB, bridges []*bridgeProc) (leader, standby *bridgeProc) {
 	t.Helper()
-	waitFor(t, 10*time.Second, "one leader and one standby", func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, "one leader and one standby", func() (bool, string) {
 		a, b := bridges[0].metric(metricLeader), bridges[1].metric(metricLeader)
 		switch {
 		case a == 1 && b == 0:
@@ -671,7 +659,7 @@ func TestSeqOrderIsNotXidOrder(t *testing.T) {
 // of the change log.
 func waitCursor(t testing.TB, db *sql.DB) {
 	t.Helper()
-	waitFor(t, catchUpTimeout, "the bridge's cursor at the end of the log", func() (bool, string) {
+	testenv.WaitFor(t, catchUpTimeout, "the bridge's cursor at the end of the log", func() (bool, string) {
 		var cursor, last int64
 		if err := db.QueryRowContext(t.Context(), `SELECT (SELECT cursor_seq FROM bridge_cursor),
 			(SELECT coalesce(max(seq), 0) FROM product_changes)`).Scan(&cursor, &last); err != nil {

@@ -86,7 +86,7 @@ func startBridge(t *testing.T, pg *testenv.PG, n *testenv.NATSServer) {
 // waitReady waits until base/readyz answers 200.
 func waitReady(t testing.TB, what, base string) {
 	t.Helper()
-	waitUntil(t, what+" to be ready", func() bool {
+	testenv.WaitUntil(t, 10*time.Second, what+" to be ready", func() bool {
 		resp, err := http.Get(base + "/readyz")
 		if err != nil {
 			return false
@@ -216,13 +216,13 @@ func TestNATSRestartUnderLoad(t *testing.T) {
 	writes(3)
 	n.RestartWith(t, func() {
 		// While NATS is down the gateway says it is not ready.
-		waitUntil(t, "the gateway to report NATS down", func() bool {
+		testenv.WaitUntil(t, 10*time.Second, "the gateway to report NATS down", func() bool {
 			r := g.do(t, request{Method: http.MethodGet, Path: "/readyz"})
 			return r.Status == http.StatusServiceUnavailable && strings.Contains(string(r.Body), `"nats":"NATS`)
 		})
 		writes(3) // changes made while NATS is down
 	})
-	waitUntil(t, "the gateway to be ready again", func() bool {
+	testenv.WaitUntil(t, 10*time.Second, "the gateway to be ready again", func() bool {
 		return g.do(t, request{Method: http.MethodGet, Path: "/readyz"}).Status == http.StatusOK
 	})
 	writes(2)

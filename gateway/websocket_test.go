@@ -268,18 +268,7 @@ func TestWebSocketSubscribeReceiveUnsubscribe(t *testing.T) {
 	if err := other.ws.Close(websocket.StatusNormalClosure, "bye"); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the closed socket's subscriptions to go", func() bool { return g.g.hub.Products() == 1 }) // mine still watches 999
-}
-
-func waitUntil(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitUntil(t, 10*time.Second, "the closed socket's subscriptions to go", func() bool { return g.g.hub.Products() == 1 }) // mine still watches 999
 }
 
 func TestWebSocketSnapshotAndResume(t *testing.T) {
