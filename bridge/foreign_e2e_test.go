@@ -35,7 +35,7 @@ func TestForeignMessages(t *testing.T) {
 		t.Skip("NATS_URL names a shared server, whose PRODUCTS stream other tests' bridges may use")
 	}
 	_, js := connectJS(t, ns.URL) // as the harness: allowed to publish anything
-	products := seedProducts(t, pg.DB, 40)
+	products := testenv.SeedProducts(t, pg.DB, 40)
 	env := bridgeEnv(pg.DSN, ns, nil)
 	b := startBridge(t, env)
 	b.waitReady(t)
@@ -156,7 +156,7 @@ func TestNotReadyWhileStuck(t *testing.T) {
 	if ns.Server == nil {
 		t.Skip("NATS_URL names a shared server, whose users testenv does not make")
 	}
-	seedProducts(t, pg.DB, 3)
+	testenv.SeedProducts(t, pg.DB, 3)
 	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
 		"NATS_USER": ns.Gateway.User, "NATS_PASSWORD": ns.Gateway.Password, "PUBLISH_TIMEOUT": "1s",
 	}))

@@ -5,8 +5,6 @@ import (
 	"database/sql"
 	"testing"
 	"time"
-
-	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
 // TestWakeupModeByRate: the wake-up mode follows the rate of changes. A
@@ -18,10 +16,8 @@ import (
 // with the safety poll an hour.
 func TestWakeupModeByRate(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 20)
+	f := newFixture(t, 20)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
 	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
 		"WAKEUP_MAX_RATE":      "150",
 		"WAKEUP_RESUME_RATE":   "100",
@@ -107,10 +103,8 @@ const (
 // bridge switch NOTIFY off; when they stop, it asks for wake-ups again.
 func TestWakeupEndsWhenWritersQueueOnNotify(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 50)
+	f := newFixture(t, 50)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
 	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
 		"WAKEUP_MAX_RATE":      "1000000000",
 		"WAKEUP_RESUME_RATE":   "0",

@@ -53,12 +53,9 @@ var noSafetyPoll = map[string]string{"SAFETY_POLL_INTERVAL": "1h"}
 // event.
 func TestPublishesEveryChange(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 200)
-	b := startBridge(t, bridgeEnv(pg.DSN, ns, nil))
-	b.waitReady(t)
+	f := newFixture(t, 200)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
+	b := f.startBridge(t, nil)
 
 	w := startWriters(t, pg.DB, writeLoad{Writers: 32, Total: 10_000, Products: products, Timeout: 2 * time.Minute})
 	w.Wait(t)
@@ -79,12 +76,9 @@ func TestPublishesEveryChange(t *testing.T) {
 // the stream keeps each change once.
 func TestBridgeKilled(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 100)
-	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{"STREAM_DUPLICATE_WINDOW": "1s"}))
-	b.waitReady(t)
+	f := newFixture(t, 100)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
+	b := f.startBridge(t, map[string]string{"STREAM_DUPLICATE_WINDOW": "1s"})
 
 	w := startWriters(t, pg.DB, writeLoad{Writers: 16, Total: 100_000, Products: products, Timeout: 2 * time.Minute})
 	w.waitCommitted(t, 1000)
@@ -140,15 +134,12 @@ func streamMsgs(t testing.TB, js jetstream.JetStream) uint64 {
 // reaches the stream after recovery, each change once.
 func TestNATSRestarted(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	if ns.Server == nil {
+	f := newFixture(t, 100)
+	if f.ns.Server == nil {
 		t.Skip("NATS_URL is an external server, which the test cannot restart")
 	}
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 100)
-	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{"PUBLISH_TIMEOUT": "1s"}))
-	b.waitReady(t)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
+	b := f.startBridge(t, map[string]string{"PUBLISH_TIMEOUT": "1s"})
 
 	w := startWriters(t, pg.DB, writeLoad{Writers: 8, Total: 100_000, Products: products, Timeout: 2 * time.Minute})
 	w.waitCommitted(t, 1000)
@@ -257,12 +248,9 @@ func updateProduct(t testing.TB, db *sql.DB, id int64) {
 // catch up from the change log by itself.
 func TestListenerKilled(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 50)
-	b := startBridge(t, bridgeEnv(pg.DSN, ns, noSafetyPoll))
-	b.waitReady(t)
+	f := newFixture(t, 50)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
+	b := f.startBridge(t, noSafetyPoll)
 	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
 
 	// Idle.
@@ -310,7 +298,7 @@ func TestPostgresRestarted(t *testing.T) {
 	}
 	ns := natsForBridge(t)
 	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, db, 100)
+	products := testenv.SeedProducts(t, db, 100)
 	b := startBridge(t, bridgeEnv(dsn, ns, nil))
 	b.waitReady(t)
 
@@ -419,13 +407,10 @@ func (p *privatePG) restartWith(t testing.TB, whileDown func()) {
 // have moved past the open seq.
 func TestLongTransaction(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 52)
+	f := newFixture(t, 52)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
 	held, products := products[:2], products[2:] // the open transactions' rows
-	b := startBridge(t, bridgeEnv(pg.DSN, ns, noSafetyPoll))
-	b.waitReady(t)
+	b := f.startBridge(t, noSafetyPoll)
 
 	const later = 1500
 	for round, id := range held {
@@ -483,10 +468,8 @@ func openChange(t testing.TB, db *sql.DB, id int64) (*sql.Tx, int64) {
 // lost or duplicated, and the killed one, restarted, stands by.
 func TestTwoBridges(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 100)
+	f := newFixture(t, 100)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
 	env := bridgeEnv(pg.DSN, ns, nil)
 	bridges := []*bridgeProc{startBridge(t, env), startBridge(t, env)}
 	for _, b := range bridges {
@@ -551,12 +534,9 @@ func leaderOf(t testing.TB, bridges []*bridgeProc) (leader, standby *bridgeProc)
 // safety poll is an hour) and under load.
 func TestLargeChange(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 20)
-	b := startBridge(t, bridgeEnv(pg.DSN, ns, noSafetyPoll))
-	b.waitReady(t)
+	f := newFixture(t, 20)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
+	b := f.startBridge(t, noSafetyPoll)
 	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
 	waitIdle(t, b, pg.DB)
 
@@ -617,7 +597,7 @@ func TestSeqOrderIsNotXidOrder(t *testing.T) {
 	}
 	ns := natsForBridge(t)
 	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, db, 2)
+	products := testenv.SeedProducts(t, db, 2)
 	b := startBridge(t, bridgeEnv(dsn, ns, nil))
 	b.waitReady(t)
 

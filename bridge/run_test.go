@@ -15,11 +15,7 @@ import (
 	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
-func TestMain(m *testing.M) {
-	code := testenv.Main(m)
-	removeBridgeBuild() // the bridge binary of the end-to-end tests (harness_test.go)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
 // TestRunEmbedded runs the bridge as `make run` does: NATS embedded and
 // locked down (the gateway's and debug's passwords given, the bridge's own
@@ -27,7 +23,7 @@ func TestMain(m *testing.M) {
 // clean stop on cancel.
 func TestRunEmbedded(t *testing.T) {
 	pg := testenv.Postgres(t)
-	metricsAddr, natsAddr := freeAddr(t), freeAddr(t)
+	metricsAddr, natsAddr := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	cfg, err := loadConfig(nil)
 	if err != nil {
 		t.Fatal(err)

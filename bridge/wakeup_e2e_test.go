@@ -23,7 +23,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/productwatch/productwatch/pkg/change"
-	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
 // Kinds of change the wake-up test makes.
@@ -115,10 +114,8 @@ func (a *arrivals) at(seq int64) (time.Time, bool) {
 // hour.
 func TestWakeupRace(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 40)
+	f := newFixture(t, 40)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
 	burstProducts, rrProducts, lateProducts := products[:30], products[30:35], products[35:]
 	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
 		"SAFETY_POLL_INTERVAL": "1h",
