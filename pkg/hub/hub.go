@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -38,6 +39,10 @@ type Options struct {
 	Buffer      int           // messages each dispatcher may hold, default 16384
 	FlushWait   time.Duration // how long Subscribe waits for NATS to confirm new subscriptions, default 5s
 	Logger      *slog.Logger
+	// OnPanic is told of a panic recovered in a dispatcher (a Subscriber's
+	// Deliver panicked): the message is dropped and the dispatcher goes on.
+	// Nil: the panic is only logged.
+	OnPanic func(value any, stack []byte)
 }
 
 // Hub is the table of watched products. Safe for concurrent use.
@@ -126,9 +131,25 @@ func (h *Hub) dispatch(ctx context.Context, ch chan *nats.Msg) {
 		case <-ctx.Done():
 			return
 		case msg := <-ch:
-			h.deliver(msg)
+			h.deliverRecovering(msg)
 		}
 	}
+}
+
+// deliverRecovering is deliver with a panic recovered: one bad delivery
+// must not end the process, nor stop the products sharing this dispatcher.
+func (h *Hub) deliverRecovering(msg *nats.Msg) {
+	defer func() {
+		if v := recover(); v != nil {
+			stack := debug.Stack()
+			if h.opts.OnPanic != nil {
+				h.opts.OnPanic(v, stack)
+			} else {
+				h.opts.Logger.Error("panic in a hub dispatcher; message dropped", "subject", msg.Subject, "panic", fmt.Sprint(v), "stack", string(stack))
+			}
+		}
+	}()
+	h.deliver(msg)
 }
 
 // deliver hands one NATS message to the product's current subscribers.
