@@ -216,8 +216,9 @@ func TestNATSRestartUnderLoad(t *testing.T) {
 	n.RestartWith(t, func() {
 		// While NATS is down the gateway says it is not ready.
 		waitUntil(t, "the gateway to report NATS down", func() bool {
-			r := g.do(t, request{Method: http.MethodGet, Path: "/readyz"})
-			return r.Status == http.StatusServiceUnavailable && strings.Contains(string(r.Body), `"nats":"NATS`)
+			r := g.opsGet(t, "/readyz")
+			return r.Status == http.StatusServiceUnavailable && strings.Contains(string(r.Body), `"nats":"NATS`) &&
+				g.do(t, request{Method: http.MethodGet, Path: "/readyz"}).Status == http.StatusServiceUnavailable
 		})
 		writes(3) // changes made while NATS is down
 	})

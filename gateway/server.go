@@ -100,7 +100,12 @@ func withDeadline(timeout time.Duration) echo.MiddlewareFunc {
 			ctx, cancel := context.WithTimeout(c.Request().Context(), timeout)
 			defer cancel()
 			c.SetRequest(c.Request().WithContext(ctx))
-			return next(c)
+			if err := next(c); err != nil {
+				// Answered here, while ctx still tells a client that went
+				// away (Canceled) from a deadline that passed.
+				c.Error(err)
+			}
+			return nil
 		}
 	}
 }
