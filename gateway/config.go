@@ -36,6 +36,7 @@ type Config struct {
 	TrustedProxies     string        // TRUSTED_PROXIES: CIDRs whose X-Forwarded-For is believed
 	RequestTimeout     time.Duration // REQUEST_TIMEOUT: deadline of a REST request's database work
 	BodyReadTimeout    time.Duration // BODY_READ_TIMEOUT: a request body must arrive within this
+	HeaderReadTimeout  time.Duration // HEADER_READ_TIMEOUT: request headers must arrive within this (slowloris)
 	ReadyTimeout       time.Duration // READY_TIMEOUT: each readiness probe's deadline
 	DBStatementTimeout time.Duration // DB_STATEMENT_TIMEOUT: statement_timeout of the pool's sessions; 0: the server's
 	DBLockTimeout      time.Duration // DB_LOCK_TIMEOUT: lock_timeout of the pool's sessions; 0: the server's
@@ -90,6 +91,7 @@ func loadConfig(args []string) (Config, error) {
 	set.String(&cfg.TrustedProxies, "trusted-proxies", "TRUSTED_PROXIES", "", "comma-separated CIDRs of load balancers whose X-Forwarded-For is believed (the client address is its rightmost untrusted entry); unset: the socket's address")
 	set.Duration(&cfg.RequestTimeout, "request-timeout", "REQUEST_TIMEOUT", 10*time.Second, "a REST request's database work gets this long, then answers 503 unavailable")
 	set.Duration(&cfg.BodyReadTimeout, "body-read-timeout", "BODY_READ_TIMEOUT", 5*time.Second, "a request body must arrive within this (else 400)")
+	set.Duration(&cfg.HeaderReadTimeout, "header-read-timeout", "HEADER_READ_TIMEOUT", 10*time.Second, "a request's headers must arrive within this, else the connection is closed (slowloris)")
 	set.Duration(&cfg.ReadyTimeout, "ready-timeout", "READY_TIMEOUT", 2*time.Second, "each readiness probe (database, migrations, NATS) must answer within this")
 	set.Duration(&cfg.DBStatementTimeout, "db-statement-timeout", "DB_STATEMENT_TIMEOUT", 15*time.Second, "PostgreSQL statement_timeout of the gateway's sessions; 0: the server's setting")
 	set.Duration(&cfg.DBLockTimeout, "db-lock-timeout", "DB_LOCK_TIMEOUT", 5*time.Second, "PostgreSQL lock_timeout of the gateway's sessions; 0: the server's setting")
@@ -162,8 +164,8 @@ func (cfg Config) validate() error {
 		return errors.New("WS_COMMAND_RATE and WS_COMMAND_BURST must be positive")
 	case cfg.WSWriteTimeout <= 0 || cfg.WSPingInterval <= 0 || cfg.WSSlowClientAfter <= 0:
 		return errors.New("WS_WRITE_TIMEOUT, WS_PING_INTERVAL and WS_SLOW_CLIENT_AFTER must be positive")
-	case cfg.RequestTimeout <= 0 || cfg.BodyReadTimeout <= 0 || cfg.ReadyTimeout <= 0 || cfg.WSCatchUpTimeout <= 0:
-		return errors.New("REQUEST_TIMEOUT, BODY_READ_TIMEOUT, READY_TIMEOUT and WS_CATCHUP_TIMEOUT must be positive")
+	case cfg.RequestTimeout <= 0 || cfg.BodyReadTimeout <= 0 || cfg.HeaderReadTimeout <= 0 || cfg.ReadyTimeout <= 0 || cfg.WSCatchUpTimeout <= 0:
+		return errors.New("REQUEST_TIMEOUT, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, READY_TIMEOUT and WS_CATCHUP_TIMEOUT must be positive")
 	case cfg.DBStatementTimeout < 0 || cfg.DBLockTimeout < 0:
 		return errors.New("DB_STATEMENT_TIMEOUT and DB_LOCK_TIMEOUT must not be negative (0: the server's setting)")
 	case cfg.WSMaxConnectionsPerAddr < 1 || cfg.WSMaxSubscriptionsPerAddr < 1 || cfg.WSMaxTotalSubscriptions < 1 || cfg.WSMaxNATSInterests < 1:

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"database/sql"
@@ -177,7 +178,7 @@ func openDB(dsn string, opts ...postgres.Option) (*sql.DB, error) {
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           g.handler,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: cmp.Or(g.cfg.HeaderReadTimeout, 10*time.Second),
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      max(30*time.Second, g.cfg.RequestTimeout+g.cfg.BodyReadTimeout+5*time.Second),
 		IdleTimeout:       120 * time.Second,
