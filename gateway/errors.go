@@ -71,10 +71,10 @@ func classify(ctx context.Context, err error) (*apiError, bool) {
 	var netErr net.Error
 	var conflict *product.VersionError
 	switch {
+	case errors.As(err, &api): // before the client-gone check: a broken body is the client's 400 even if it left
+		return api, false
 	case errors.Is(ctx.Err(), context.Canceled), errors.Is(err, context.Canceled):
 		return &apiError{Status: statusClientClosedRequest, Code: "client_closed_request", Message: "the client went away"}, false
-	case errors.As(err, &api):
-		return api, false
 	case errors.As(err, &input):
 		return &apiError{Status: http.StatusBadRequest, Code: input.Code, Field: input.Field, Message: input.Message}, false
 	case errors.As(err, &tooLarge):

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"io"
 	"os"
@@ -203,8 +202,6 @@ func (h *productHandlers) readBody(c echo.Context, accepted ...string) ([]byte, 
 	switch {
 	case err == nil, errors.As(err, &tooLarge):
 		return body, err
-	case errors.Is(req.Context().Err(), context.Canceled):
-		return nil, req.Context().Err() // the client went away
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return nil, &apiError{Status: http.StatusBadRequest, Code: product.CodeInvalidBody,
 			Message: "the request body did not arrive within " + h.bodyReadTimeout.String() + " (is Content-Length larger than the body?)"}
