@@ -33,7 +33,10 @@ import (
 func BenchmarkDeliveryLatency(b *testing.B) {
 	for _, stalled := range []int{0, 1} {
 		b.Run(fmt.Sprintf("readers=100/stalled=%d", stalled), func(b *testing.B) {
-			g := newWSGateway(b, nil, nil, func(c *Config) { c.WSWriteTimeout, c.WSSlowClientAfter = time.Minute, time.Minute })
+			g := newWSGateway(b, nil, nil, func(c *Config) {
+				c.WSWriteTimeout, c.WSSlowClientAfter = time.Minute, time.Minute
+				c.WSMaxConnectionsPerAddr = 1000 // every reader comes from 127.0.0.1
+			})
 			const products, readers = 50, 100
 			ids := make([]int64, products)
 			for i := range ids {
@@ -181,8 +184,10 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
+	metricsAddr := testenv.FreeAddr(b)
 	cmd := exec.Command(path)
-	cmd.Env = append(os.Environ(), "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "LISTEN_ADDR="+addr,
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "LISTEN_ADDR="+addr, "METRICS_ADDR="+metricsAddr,
+		"WS_MAX_CONNECTIONS_PER_ADDR=20000", "WS_MAX_SUBSCRIPTIONS_PER_ADDR=100000",
 		"INSECURE_HTTP=true", "WS_MAX_CONNECTIONS=20000", "LOG_LEVEL=warn", "API_TOKEN=", "DEBUG_ADDR="+os.Getenv("BENCH_DEBUG_ADDR"))
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := cmd.Start(); err != nil {
@@ -192,7 +197,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
 	}()
-	waitReady(b, "the gateway", "http://"+addr)
+	waitReady(b, "the gateway", "http://"+metricsAddr)
 	before, err := rssKiB(cmd.Process.Pid)
 	if err != nil {
 		b.Fatal(err)
@@ -244,7 +249,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	}
 	b.ReportMetric(float64(after-before)/conns, "KiB/conn")
 	b.ReportMetric(float64(after)/1024, "rss_MiB")
-	if resp, err := http.Get("http://" + addr + "/metrics"); err == nil {
+	if resp, err := http.Get("http://" + metricsAddr + "/metrics"); err == nil {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		for _, line := range strings.Split(string(body), "\n") {
