@@ -75,7 +75,7 @@ func loadConfig(args []string) (Config, error) {
 	set.Duration(&cfg.ShutdownTimeout, "shutdown-timeout", "SHUTDOWN_TIMEOUT", 15*time.Second, "how long in-flight requests may take to finish on shutdown")
 	set.String(&cfg.NATSURL, "nats-url", "NATS_URL", "", "NATS servers for /websocket (comma-separated); unset: /websocket answers 503")
 	set.String(&cfg.AllowedOrigins, "allowed-origins", "ALLOWED_ORIGINS", "", "WebSocket Origin host patterns allowed besides same-origin, comma-separated (e.g. shop.example.com,*.example.org)")
-	set.Int(&cfg.HSTSMaxAge, "hsts-max-age", "HSTS_MAX_AGE", 0, "Strict-Transport-Security max-age (seconds) sent with the page over HTTPS; 0: off (a development certificate should not be pinned by browsers)")
+	set.Int(&cfg.HSTSMaxAge, "hsts-max-age", "HSTS_MAX_AGE", 0, "Strict-Transport-Security max-age (seconds) sent with every HTTPS response; 0: off (a development certificate should not be pinned by browsers)")
 	set.String(&cfg.DebugAddr, "debug-addr", "DEBUG_ADDR", "", "serve Go's pprof profiles on this address (e.g. 127.0.0.1:6060); unset: off")
 	set.Duration(&cfg.DrainWindow, "drain-window", "DRAIN_WINDOW", 10*time.Second, "on shutdown, closing WebSockets with 1001 is spread over this window")
 	set.Int64(&cfg.WSReadLimit, "ws-read-limit", "WS_READ_LIMIT", 32<<10, "largest WebSocket frame a client may send, in bytes (larger: close 1009)")

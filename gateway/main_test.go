@@ -16,7 +16,7 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
-const testToken = "test-token"
+const testToken = "test-token-0123456789" // API_TOKEN needs 16 bytes or more
 
 // testGateway is a gateway on a fresh database behind a real HTTP server.
 type testGateway struct {

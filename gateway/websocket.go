@@ -324,6 +324,7 @@ type wsConn struct {
 	outbox  *hub.Outbox
 	subsMu  sync.Mutex         // the reader changes subs under it; the catch-up worker reads under it
 	subs    map[int64]struct{} // changed by the reader only
+	all     *allClient         // watching every product (watchall.go); changed by the reader only, under subsMu
 	limit   *rate.Limiter      // frames per second
 	strikes *rate.Limiter      // frames over the limit: empty means the client keeps pushing, close 4029
 
@@ -408,6 +409,7 @@ func (c *wsConn) run(base context.Context) {
 	}
 	c.srv.hub.Unsubscribe(c.outbox, ids)
 	c.srv.releaseSubs(c.addr, len(ids))
+	c.stopWatchingAll()
 	c.srv.metrics.subscriptions.Sub(float64(len(ids)))
 	if r := c.reason.Load(); r != nil {
 		c.srv.metrics.dropped.WithLabelValues(r.metric).Inc()
@@ -460,10 +462,12 @@ func (c *wsConn) read(ctx context.Context) error {
 		if c.srv.cfg.onCommand != nil {
 			c.srv.cfg.onCommand(cmd)
 		}
-		switch cmd.Name {
-		case protocol.Subscribe:
+		switch {
+		case cmd.All:
+			c.watchAll(cmd)
+		case cmd.Name == protocol.Subscribe:
 			c.subscribe(cmd)
-		case protocol.Unsubscribe:
+		case cmd.Name == protocol.Unsubscribe:
 			c.unsubscribe(cmd)
 		}
 	}
@@ -531,6 +535,11 @@ func (c *wsConn) queueCatchUp(cmd protocol.Command) {
 	if len(c.catchJobs) >= maxPendingCatchUps {
 		c.catchMu.Unlock()
 		c.srv.metrics.limitRefusals.WithLabelValues("catchups_pending").Inc()
+		if cmd.All {
+			c.answerAllError(cmd.ID, protocol.CodeRateLimited,
+				"subscribed, but "+strconv.Itoa(maxPendingCatchUps)+" snapshot or resume reads wait already: wait for their answers, then subscribe again")
+			return
+		}
 		c.answerError(cmd.ID, protocol.CodeRateLimited,
 			"subscribed, but "+strconv.Itoa(maxPendingCatchUps)+" snapshot or resume reads wait already: wait for their answers, then resubscribe with snapshot to catch up", cmd.ProductIDs)
 		return
@@ -575,6 +584,10 @@ func (c *wsConn) runCatchUp(cmd protocol.Command) {
 	})
 	ctx, cancel := context.WithTimeout(c.catchCtx, c.srv.cfg.catchUpTimeout)
 	defer cancel()
+	if cmd.All {
+		c.resumeAll(ctx, cmd)
+		return
+	}
 	res, err := c.srv.catchUp.load(ctx, cmd.ProductIDs, cmd.Versions, cmd.Snapshot)
 	if err != nil {
 		if c.catchCtx.Err() != nil {
