@@ -564,7 +564,7 @@ func TestHostileDatabaseStall(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	if _, err := tx.Exec(`LOCK TABLE products IN ACCESS EXCLUSIVE MODE`); err != nil {
+	if _, err := tx.Exec(`LOCK TABLE products, product_changes IN ACCESS EXCLUSIVE MODE`); err != nil {
 		t.Fatal(err)
 	}
 	const clients = 20
@@ -596,6 +596,28 @@ func TestHostileDatabaseStall(t *testing.T) {
 			c.ws.CloseRead(context.Background()) // go on answering pings
 		})
 	}
+	t.Run("watch-all resume waits off the reader", func(t *testing.T) {
+		c := g.mustDialWS(t, nil)
+		c.send(`{"command":"subscribe","all":true,"since":0}`)
+		c.send(`{"command":"unsubscribe","productIDs":[3]}`)
+		var sawAck, sawAllAck bool
+		for !sawAck || !sawAllAck {
+			m := c.next()
+			switch {
+			case m.Type == "ack" && strings.Contains(m.raw, `"all":true`):
+				sawAllAck = true
+			case m.Type == "ack":
+				sawAck = true
+			default:
+				t.Fatalf("before both acks: %s", m.raw)
+			}
+		}
+		if m := c.expect("error"); m.Code != "unavailable" || !strings.Contains(m.raw, `"all":true`) {
+			t.Errorf("resume under the lock: %s", m.raw)
+		}
+		c.send(`{"command":"unsubscribe","all":true}`)
+		c.expect("ack")
+	})
 	t.Run("REST answers 503 with a JSON body", func(t *testing.T) {
 		start := time.Now()
 		r := g.call(t, h2, apitest.NewValidator(t), "GET", fmt.Sprintf("/products/%d", p.ProductID), "", nil)
