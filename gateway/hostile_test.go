@@ -3,6 +3,11 @@ package main
 // The hostile-client suite (README, "Security"): real gateway and bridge
 // binaries, attacked the way issue 11 did, each case asserting the answer or
 // close code and that nothing was written or lost.
+//
+// These tests do not run in parallel: they run first, one at a time, while
+// nothing else runs, so that their floods, processes and the gateway build
+// do not starve the package's timing-sensitive parallel tests (a reader
+// that must keep up within a 2 s write timeout, say).
 
 import (
 	"bytes"
@@ -66,7 +71,6 @@ func noServerErrors(t *testing.T, g *liveProcess, allowed ...string) {
 // findings of issue 11 (TLS suites, HSTS, bearer scheme, escaped "<",
 // terse readiness, /websocket without an upgrade) are fixed.
 func TestHostileREST(t *testing.T) {
-	t.Parallel()
 	pg, n := testenv.Postgres(t), testenv.NATS(t)
 	g := startLiveGateway(t, pg, n, "BODY_READ_TIMEOUT=1s", "HEADER_READ_TIMEOUT=1s")
 	v := apitest.NewValidator(t)
@@ -318,7 +322,6 @@ func h2ShortBody(t *testing.T, g *liveProcess) (status, body string) {
 // with the right code, floods are cut, dead clients dropped, and a
 // well-behaved client next to them loses nothing.
 func TestHostileWebSocket(t *testing.T) {
-	t.Parallel()
 	pg, n := testenv.Postgres(t), testenv.NATS(t)
 	startBridge(t, pg, n)
 	g := startLiveGateway(t, pg, n, "WS_PING_INTERVAL=1s", "WS_WRITE_TIMEOUT=3s", "WS_COMMAND_RATE=20", "WS_COMMAND_BURST=40")
@@ -551,7 +554,6 @@ loop:
 // answers 503 with a JSON body; /readyz turns unready; a client that gives
 // up is logged at debug, counted as 499. When the lock goes, all recovers.
 func TestHostileDatabaseStall(t *testing.T) {
-	t.Parallel()
 	pg, n := testenv.Postgres(t), testenv.NATS(t)
 	g := startLiveGateway(t, pg, n, "WS_CATCHUP_TIMEOUT=1500ms", "REQUEST_TIMEOUT=1500ms", "READY_TIMEOUT=500ms",
 		"DB_LOCK_TIMEOUT=30s", "DB_STATEMENT_TIMEOUT=30s", "WS_PING_INTERVAL=300ms", "WS_WRITE_TIMEOUT=2s", "WS_MAX_CONNECTIONS=25")
@@ -668,7 +670,6 @@ func TestHostileDatabaseStall(t *testing.T) {
 // TestHostileLimits: limits per client address (behind a trusted proxy,
 // by X-Forwarded-For) and per gateway hold, and made-up product ids count.
 func TestHostileLimits(t *testing.T) {
-	t.Parallel()
 	pg, n := testenv.Postgres(t), testenv.NATS(t)
 	g := startLiveGateway(t, pg, n, "TRUSTED_PROXIES=127.0.0.1/32", "WS_MAX_CONNECTIONS_PER_ADDR=3",
 		"WS_MAX_SUBSCRIPTIONS_PER_ADDR=1000", "WS_MAX_TOTAL_SUBSCRIPTIONS=2500", "WS_MAX_NATS_INTERESTS=2000")
@@ -751,7 +752,6 @@ func TestHostileLimits(t *testing.T) {
 // TestHostileConfig: the gateway refuses to start with a dangerous setting
 // and says why; with writes disabled it warns.
 func TestHostileConfig(t *testing.T) {
-	t.Parallel()
 	path, err := buildProgram("gateway")
 	if err != nil {
 		t.Fatal(err)
