@@ -186,8 +186,8 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	ln.Close()
 	metricsAddr := testenv.FreeAddr(b)
 	cmd := exec.Command(path)
-	cmd.Env = append(os.Environ(), "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "LISTEN_ADDR="+addr, "METRICS_ADDR="+metricsAddr,
-		"WS_MAX_CONNECTIONS_PER_ADDR=20000", "WS_MAX_SUBSCRIPTIONS_PER_ADDR=100000",
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "NATS_USER="+n.Gateway.User, "NATS_PASSWORD="+n.Gateway.Password, "LISTEN_ADDR="+addr,
+		"METRICS_ADDR="+metricsAddr, "WS_MAX_CONNECTIONS_PER_ADDR=20000", "WS_MAX_SUBSCRIPTIONS_PER_ADDR=100000",
 		"INSECURE_HTTP=true", "WS_MAX_CONNECTIONS=20000", "LOG_LEVEL=warn", "API_TOKEN=", "DEBUG_ADDR="+os.Getenv("BENCH_DEBUG_ADDR"))
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := cmd.Start(); err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/productwatch/productwatch/pkg/broker"
 	"github.com/productwatch/productwatch/pkg/envflag"
 	"github.com/productwatch/productwatch/pkg/logging"
 )
@@ -18,19 +19,20 @@ import (
 // Config is everything the gateway can be told, from flags or environment
 // variables (the README's configuration table lists them all).
 type Config struct {
-	DatabaseURL     string          // DATABASE_URL
-	ListenAddr      string          // LISTEN_ADDR, default :8443
-	TLSCert, TLSKey string          // TLS_CERT, TLS_KEY: PEM files; unset: self-signed
-	InsecureHTTP    bool            // INSECURE_HTTP: plain HTTP (and h2c) behind a TLS-terminating proxy
-	APIToken        string          // API_TOKEN: bearer token for writes; unset: writes refused
-	MaxBodyBytes    int64           // MAX_BODY_BYTES: request body limit, default 64 KiB
-	ShutdownTimeout time.Duration   // SHUTDOWN_TIMEOUT: how long in-flight requests get on SIGTERM
-	NATSURL         string          // NATS_URL: needed by /websocket; empty: /websocket answers 503
-	AllowedOrigins  string          // ALLOWED_ORIGINS: comma-separated host patterns besides same-origin
-	DrainWindow     time.Duration   // DRAIN_WINDOW: closing sockets with 1001 is spread over this
-	DebugAddr       string          // DEBUG_ADDR: net/http/pprof on this address (loopback only advised); unset: off
-	HSTSMaxAge      int             // HSTS_MAX_AGE: Strict-Transport-Security max-age in seconds on HTTPS pages; 0: off
-	Log             logging.Options // LOG_LEVEL, LOG_FORMAT
+	DatabaseURL     string             // DATABASE_URL
+	ListenAddr      string             // LISTEN_ADDR, default :8443
+	TLSCert, TLSKey string             // TLS_CERT, TLS_KEY: PEM files; unset: self-signed
+	InsecureHTTP    bool               // INSECURE_HTTP: plain HTTP (and h2c) behind a TLS-terminating proxy
+	APIToken        string             // API_TOKEN: bearer token for writes; unset: writes refused
+	MaxBodyBytes    int64              // MAX_BODY_BYTES: request body limit, default 64 KiB
+	ShutdownTimeout time.Duration      // SHUTDOWN_TIMEOUT: how long in-flight requests get on SIGTERM
+	NATSURL         string             // NATS_URL: needed by /websocket; empty: /websocket answers 503
+	NATSAuth        broker.Credentials // NATS_USER, NATS_PASSWORD: the gateway's NATS user
+	AllowedOrigins  string             // ALLOWED_ORIGINS: comma-separated host patterns besides same-origin
+	DrainWindow     time.Duration      // DRAIN_WINDOW: closing sockets with 1001 is spread over this
+	DebugAddr       string             // DEBUG_ADDR: net/http/pprof on this address (loopback only advised); unset: off
+	HSTSMaxAge      int                // HSTS_MAX_AGE: Strict-Transport-Security max-age in seconds on HTTPS pages; 0: off
+	Log             logging.Options    // LOG_LEVEL, LOG_FORMAT
 
 	MetricsAddr        string        // METRICS_ADDR: /metrics and the detailed /readyz, default 127.0.0.1:9092
 	TrustedProxies     string        // TRUSTED_PROXIES: CIDRs whose X-Forwarded-For is believed
@@ -100,6 +102,7 @@ func loadConfig(args []string) (Config, error) {
 	set.Int(&cfg.WSMaxSubscriptionsPerAddr, "ws-max-subscriptions-per-addr", "WS_MAX_SUBSCRIPTIONS_PER_ADDR", 20000, "subscriptions of all connections of one client address at most")
 	set.Int(&cfg.WSMaxTotalSubscriptions, "ws-max-total-subscriptions", "WS_MAX_TOTAL_SUBSCRIPTIONS", 1000000, "subscriptions of all connections of this gateway at most")
 	set.Int(&cfg.WSMaxNATSInterests, "ws-max-nats-interests", "WS_MAX_NATS_INTERESTS", 100000, "distinct products this gateway subscribes to on NATS at most")
+	cfg.NATSAuth.Register(fs)
 	cfg.Log.Register(set)
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {

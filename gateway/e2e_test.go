@@ -57,6 +57,7 @@ func startBridge(t *testing.T, pg *testenv.PG, n *testenv.NATSServer) *testenv.P
 	}
 	metrics := testenv.FreeAddr(t)
 	p := testenv.StartProcess(t, "bridge", path, "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "METRICS_ADDR="+metrics,
+		"NATS_USER="+n.Bridge.User, "NATS_PASSWORD="+n.Bridge.Password,
 		"LOG_FORMAT=text", "LOG_LEVEL=warn", "SAFETY_POLL_INTERVAL=200ms")
 	waitReady(t, "the bridge", "http://"+metrics)
 	return p

@@ -49,7 +49,8 @@ func startLiveGateway(t *testing.T, pg *testenv.PG, n *testenv.NATSServer, env .
 	g := &liveProcess{pg: pg, addr: testenv.FreeAddr(t)}
 	metrics := testenv.FreeAddr(t)
 	g.ops = "http://" + metrics
-	base := []string{"DATABASE_URL=" + pg.DSN, "NATS_URL=" + n.URL, "LISTEN_ADDR=" + g.addr, "METRICS_ADDR=" + metrics,
+	base := []string{"DATABASE_URL=" + pg.DSN, "NATS_URL=" + n.URL, "NATS_USER=" + n.Gateway.User, "NATS_PASSWORD=" + n.Gateway.Password,
+		"LISTEN_ADDR=" + g.addr, "METRICS_ADDR=" + metrics,
 		"API_TOKEN=" + hostileToken, "LOG_FORMAT=text", "LOG_LEVEL=debug", "HSTS_MAX_AGE=600", "DRAIN_WINDOW=0s",
 		"ALLOWED_ORIGINS=", "TLS_CERT=", "TLS_KEY=", "INSECURE_HTTP=false"}
 	g.proc = testenv.StartProcess(t, "gateway", path, append(base, env...)...)

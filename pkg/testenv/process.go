@@ -2,7 +2,6 @@ package testenv
 
 import (
 	"bytes"
-	"net"
 	"os"
 	"os/exec"
 	"sync"
@@ -62,18 +61,6 @@ func (p *Process) Exited() <-chan struct{} { return p.done }
 func (p *Process) Err() error {
 	<-p.done
 	return p.err
-}
-
-// FreeAddr returns a 127.0.0.1 address whose port was free a moment ago,
-// for a subprocess to listen on.
-func FreeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // lockedBuffer is a bytes.Buffer safe for a writing process and a reading
