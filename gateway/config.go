@@ -13,6 +13,7 @@ import (
 
 	"github.com/productwatch/productwatch/pkg/broker"
 	"github.com/productwatch/productwatch/pkg/envflag"
+	"github.com/productwatch/productwatch/pkg/hub"
 	"github.com/productwatch/productwatch/pkg/logging"
 )
 
@@ -58,6 +59,9 @@ type Config struct {
 	WSMaxSubscriptionsPerAddr int           // WS_MAX_SUBSCRIPTIONS_PER_ADDR: subscriptions of all sockets of one client address
 	WSMaxTotalSubscriptions   int           // WS_MAX_TOTAL_SUBSCRIPTIONS: subscriptions of all sockets of this gateway
 	WSMaxNATSInterests        int           // WS_MAX_NATS_INTERESTS: products this gateway holds a NATS subscription for
+	WSConflateAfter           time.Duration // WS_CONFLATE_AFTER: a client whose oldest waiting change is older is conflated
+	WSConflateMaxEvents       int           // WS_CONFLATE_MAX_EVENTS: ... or with more changes than this waiting
+	WSConflateMaxBytes        int           // WS_CONFLATE_MAX_BYTES: ... or with more bytes of changes than this waiting
 }
 
 // defaultDatabaseURL is the local PostgreSQL service of a development machine.
@@ -102,6 +106,9 @@ func loadConfig(args []string) (Config, error) {
 	set.Int(&cfg.WSMaxSubscriptionsPerAddr, "ws-max-subscriptions-per-addr", "WS_MAX_SUBSCRIPTIONS_PER_ADDR", 20000, "subscriptions of all connections of one client address at most")
 	set.Int(&cfg.WSMaxTotalSubscriptions, "ws-max-total-subscriptions", "WS_MAX_TOTAL_SUBSCRIPTIONS", 1000000, "subscriptions of all connections of this gateway at most")
 	set.Int(&cfg.WSMaxNATSInterests, "ws-max-nats-interests", "WS_MAX_NATS_INTERESTS", 100000, "distinct products this gateway subscribes to on NATS at most")
+	set.Duration(&cfg.WSConflateAfter, "ws-conflate-after", "WS_CONFLATE_AFTER", hub.DefaultConflateAfter, "a client whose oldest waiting change is older than this has its waiting changes conflated per product (latest version) until it catches up")
+	set.Int(&cfg.WSConflateMaxEvents, "ws-conflate-max-events", "WS_CONFLATE_MAX_EVENTS", hub.DefaultConflateMaxEvents, "a client with more changes than this waiting has them conflated per product until it catches up (see -ws-conflate-after)")
+	set.Int(&cfg.WSConflateMaxBytes, "ws-conflate-max-bytes", "WS_CONFLATE_MAX_BYTES", hub.DefaultConflateMaxBytes, "a client with more bytes of changes than this waiting has them conflated per product until it catches up (see -ws-conflate-after)")
 	cfg.NATSAuth.Register(fs)
 	cfg.Log.Register(set)
 	fs.SetOutput(os.Stderr)
@@ -144,6 +151,7 @@ func (cfg Config) wsConfig() wsConfig {
 		maxSubsPerAddr:   cfg.WSMaxSubscriptionsPerAddr,
 		maxSubsTotal:     cfg.WSMaxTotalSubscriptions,
 		maxNATSInterests: cfg.WSMaxNATSInterests,
+		conflation:       hub.Conflation{After: cfg.WSConflateAfter, MaxEvents: cfg.WSConflateMaxEvents, MaxBytes: cfg.WSConflateMaxBytes},
 	}
 }
 
@@ -175,6 +183,8 @@ func (cfg Config) validate() error {
 		return errors.New("WS_MAX_CONNECTIONS_PER_ADDR, WS_MAX_SUBSCRIPTIONS_PER_ADDR, WS_MAX_TOTAL_SUBSCRIPTIONS and WS_MAX_NATS_INTERESTS must be positive")
 	case cfg.APIToken != "" && len(cfg.APIToken) < minAPITokenBytes:
 		return fmt.Errorf("API_TOKEN is %d bytes: use at least %d random bytes (e.g. openssl rand -hex 32), or leave it unset to turn writes off", len(cfg.APIToken), minAPITokenBytes)
+	case cfg.WSConflateAfter <= 0 || cfg.WSConflateMaxEvents < 1 || cfg.WSConflateMaxBytes < 1:
+		return errors.New("WS_CONFLATE_AFTER, WS_CONFLATE_MAX_EVENTS and WS_CONFLATE_MAX_BYTES must be positive")
 	}
 	for _, p := range cfg.originPatterns() {
 		if err := checkOriginPattern(p); err != nil {
