@@ -216,6 +216,9 @@ func TestComposeServices(t *testing.T) {
 	if env(gw, "API_TOKEN") != composeSecrets["API_TOKEN"] {
 		t.Error("gateway API_TOKEN is not API_TOKEN")
 	}
+	if nw, ok := p.Networks["default"]; !ok || len(nw.Ipam.Config) != 1 || env(gw, "TRUSTED_PROXIES") != nw.Ipam.Config[0].Subnet {
+		t.Errorf("gateway TRUSTED_PROXIES %q is not the compose network's subnet, where haproxy is", env(gw, "TRUSTED_PROXIES"))
+	}
 	if len(gw.Ports) > 0 {
 		t.Errorf("gateway publishes %v: only haproxy should be reachable from outside", gw.Ports)
 	}
