@@ -189,7 +189,7 @@ func TestDockerfileChecksFail(t *testing.T) {
 		{"secret arg", "ARG GO_VERSION=1.26", "ARG GO_VERSION=1.26\nARG NATS_PASSWORD", "ARG NATS_PASSWORD"},
 		{"cgo on", "ENV CGO_ENABLED=0", "ENV CGO_ENABLED=1", "without CGO_ENABLED=0"},
 		{"gateway missing", "/out/bridge /out/gateway", "/out/bridge", "does not copy in /usr/local/bin/gateway"},
-		{"fat base", "gcr.io/distroless/static-debian12:nonroot", "debian:bookworm", "want scratch or distroless"},
+		{"fat base", "gcr.io/distroless/static:nonroot", "debian:bookworm", "want scratch or distroless"},
 		{"context copy", "CMD [", "COPY . /src\nCMD [", "from the build context"},
 		{"shell form", "CMD [\"/usr/local/bin/gateway\"]", "CMD /usr/local/bin/gateway", "CMD in shell form"},
 		{"lint", "AS build", "as build", "lint FromAsCasing"},

@@ -50,11 +50,14 @@ type kustomization struct {
 	Kind       string   `json:"kind"`
 	Namespace  string   `json:"namespace"`
 	Resources  []string `json:"resources"`
-	Images     []struct {
-		Name    string `json:"name"`
-		NewName string `json:"newName"`
-		NewTag  string `json:"newTag"`
-	} `json:"images"`
+	Images     []kustomizeImage `json:"images"`
+}
+
+// kustomizeImage replaces an image name in the manifests.
+type kustomizeImage struct {
+	Name    string `json:"name"`
+	NewName string `json:"newName"`
+	NewTag  string `json:"newTag"`
 }
 
 // documentSeparator splits a YAML stream into its documents.
@@ -202,6 +205,16 @@ func TestK8sStrictDecode(t *testing.T) {
 	}
 	if slices.Contains(k.Resources, "secrets.example.yaml") {
 		t.Error("kustomization applies the placeholder secrets")
+	}
+	for _, name := range []string{"gateway", "bridge"} {
+		d := only[appsv1.Deployment](t, objs, name)
+		image := container(t, d).Image
+		if !slices.ContainsFunc(k.Images, func(i kustomizeImage) bool { return i.Name == image && i.NewName != "" && i.NewTag != "" }) {
+			t.Errorf("deployment %s runs image %q, which kustomization.yaml does not set", name, image)
+		}
+		if d.Namespace != k.Namespace {
+			t.Errorf("deployment %s is in namespace %q, not %q", name, d.Namespace, k.Namespace)
+		}
 	}
 }
 
