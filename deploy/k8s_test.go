@@ -46,10 +46,10 @@ var k8sKinds = map[string]func() any{
 // kustomization is the part of kustomize's Kustomization these files use;
 // decoding into it strictly catches a misspelt field all the same.
 type kustomization struct {
-	APIVersion string   `json:"apiVersion"`
-	Kind       string   `json:"kind"`
-	Namespace  string   `json:"namespace"`
-	Resources  []string `json:"resources"`
+	APIVersion string           `json:"apiVersion"`
+	Kind       string           `json:"kind"`
+	Namespace  string           `json:"namespace"`
+	Resources  []string         `json:"resources"`
 	Images     []kustomizeImage `json:"images"`
 }
 
