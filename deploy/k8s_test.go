@@ -19,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	k8sjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
@@ -297,6 +298,12 @@ func checkProgramContainer(t *testing.T, d *appsv1.Deployment, program string) c
 	}
 	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
 		t.Errorf("%s: resources %+v: want CPU and memory requests and a memory limit", d.Name, c.Resources)
+	}
+	if e, ok := containerEnv(c, "GOMEMLIMIT"); ok {
+		soft, err := resource.ParseQuantity(strings.TrimSuffix(e.Value, "B"))
+		if err != nil || soft.Cmp(*c.Resources.Limits.Memory()) >= 0 {
+			t.Errorf("%s: GOMEMLIMIT %s is not below the memory limit %s", d.Name, e.Value, c.Resources.Limits.Memory())
+		}
 	}
 	pod := d.Spec.Template.Spec
 	sc := c.SecurityContext
