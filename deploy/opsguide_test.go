@@ -61,3 +61,38 @@ func TestOpsGuideMetricNames(t *testing.T) {
 		}
 	}
 }
+
+// TestOpsGuideSections checks the sections other tools rely on: make
+// cluster-cookbook runs the nats commands of the cookbook's sh blocks
+// (those marked "# denied" must be refused), and the chaos tests fill in
+// their section.
+func TestOpsGuideSections(t *testing.T) {
+	guide := readFile(t, "deploy/README.md")
+	for _, heading := range []string{"## nats CLI cookbook", "## Chaos test results", "## What to alert on", "## Credentials and their rotation"} {
+		if !strings.Contains(guide, "\n"+heading+"\n") {
+			t.Errorf("deploy/README.md has no section %q", heading)
+		}
+	}
+	_, cookbook, _ := strings.Cut(guide, "\n## nats CLI cookbook\n")
+	cookbook, _, _ = strings.Cut(cookbook, "\n## ")
+	var allowed, denied int
+	inSh := false
+	for _, line := range strings.Split(cookbook, "\n") {
+		switch {
+		case strings.HasPrefix(line, "```"):
+			inSh = !inSh && strings.TrimSpace(line) == "```sh"
+		case inSh && strings.HasPrefix(line, "nats "):
+			if strings.HasSuffix(strings.TrimSpace(line), "# denied") {
+				denied++
+			} else {
+				allowed++
+			}
+			if strings.Contains(line, "--password") || strings.Contains(line, "--server") {
+				t.Errorf("cookbook line %q names a server or password: the checked lines take them from NATS_URL, NATS_USER, NATS_PASSWORD", line)
+			}
+		}
+	}
+	if allowed < 5 || denied < 3 {
+		t.Errorf("the cookbook has %d commands and %d refused ones in sh blocks; want the debug user's reads and its refusals", allowed, denied)
+	}
+}
