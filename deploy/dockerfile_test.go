@@ -229,6 +229,7 @@ func TestDockerignore(t *testing.T) {
 		"gateway/web/index.html": false, "api/openapi.yaml": false, "api/asyncapi.yaml": false,
 		".git/config": true, "bin/gateway": true, ".run/api-token": true,
 		"gateway/websocket_test.go": true, "deploy/k8s/secrets.example.yaml": true,
+		"gateway/jstest/package.json": true, "gateway/jstest/node_modules/x/index.js": true,
 	} {
 		ignored, err := pm.MatchesOrParentMatches(path)
 		if err != nil {
