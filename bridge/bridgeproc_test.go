@@ -5,7 +5,6 @@ package main
 // output.
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"math"
@@ -61,10 +60,7 @@ type bridgeProc struct {
 	name        string // bridge#N, for logs
 	metricsAddr string
 	env         map[string]string
-	cmd         *exec.Cmd
-	out         *logBuffer
-	exited      chan struct{} // closed when the process has exited
-	exitErr     error         // cmd.Wait's result, set before exited closes
+	proc        *testenv.Process
 	client      *http.Client
 }
 
@@ -72,17 +68,16 @@ var bridgeCounter atomic.Int64
 
 // startBridge starts the bridge with env (bridgeEnv's result), on a free
 // METRICS_ADDR unless env sets one, and returns at once; waitReady waits for
-// it. When the test ends the process is stopped if it still runs; if the test
-// failed, the tail of its output is logged; a race report or panic in its
-// output fails the test.
+// it. When the test ends the process is stopped if it still runs (a non-zero
+// exit fails the test); if the test failed, the tail of its output is logged
+// (testenv.StartCommand); a race report or panic in its output fails the
+// test.
 func startBridge(t testing.TB, env map[string]string) *bridgeProc {
 	t.Helper()
-	bin := testenv.Program(t, "bridge")
+	bin := testenv.RaceProgram(t, "bridge")
 	b := &bridgeProc{
 		name:   fmt.Sprintf("bridge#%d", bridgeCounter.Add(1)),
 		env:    make(map[string]string, len(env)+1),
-		out:    &logBuffer{},
-		exited: make(chan struct{}),
 		client: &http.Client{Timeout: 2 * time.Second},
 	}
 	for k, v := range env {
@@ -93,37 +88,22 @@ func startBridge(t testing.TB, env map[string]string) *bridgeProc {
 	}
 	b.metricsAddr = b.env["METRICS_ADDR"]
 
-	b.cmd = exec.Command(bin)
-	b.cmd.Env = processEnv(b.env)
-	b.cmd.Stdout = b.out
-	b.cmd.Stderr = b.out
-	b.cmd.SysProcAttr = childProcAttr()
-	if err := b.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", b.name, err)
-	}
-	b.name = fmt.Sprintf("%s(pid %d)", b.name, b.cmd.Process.Pid)
+	cmd := exec.Command(bin)
+	cmd.Env = processEnv(b.env)
+	b.proc = testenv.StartCommand(t, b.name, cmd)
+	b.name = fmt.Sprintf("%s(pid %d)", b.name, cmd.Process.Pid)
 	registerBridge(t, b)
-	go func() {
-		b.exitErr = b.cmd.Wait()
-		close(b.exited)
-	}()
 	t.Cleanup(func() {
 		if !b.hasExited() {
 			if err := b.Stop(); err != nil {
 				t.Errorf("%s: %v", b.name, err)
 			}
 		}
-		out := b.out.String()
+		out := b.proc.Output()
 		if raceReport.MatchString(out) {
 			t.Errorf("%s reported a data race:\n%s", b.name, out)
-			return
-		}
-		if panicked.MatchString(out) {
-			t.Errorf("%s panicked:\n%s", b.name, tail(out, 300))
-			return
-		}
-		if t.Failed() {
-			t.Logf("%s output (%s):\n%s", b.name, b.describeExit(), tail(out, 200))
+		} else if panicked.MatchString(out) {
+			t.Errorf("%s panicked:\n%s", b.name, testenv.Tail(out, 300))
 		}
 	})
 	return b
@@ -192,35 +172,20 @@ func processEnv(env map[string]string) []string {
 }
 
 // hasExited reports whether the process has exited.
-func (b *bridgeProc) hasExited() bool {
-	select {
-	case <-b.exited:
-		return true
-	default:
-		return false
-	}
-}
+func (b *bridgeProc) hasExited() bool { return b.proc.HasExited() }
 
 // describeExit says how the process ended, or that it runs.
-func (b *bridgeProc) describeExit() string {
-	if !b.hasExited() {
-		return "running"
-	}
-	if b.exitErr == nil {
-		return "exited with status 0"
-	}
-	return b.exitErr.Error()
-}
+func (b *bridgeProc) describeExit() string { return b.proc.DescribeExit() }
 
 // Kill sends SIGKILL and waits for the process to be gone: a crash, with no
 // chance to clean up.
 func (b *bridgeProc) Kill(t testing.TB) {
 	t.Helper()
-	if err := b.cmd.Process.Signal(syscall.SIGKILL); err != nil && !b.hasExited() {
+	if err := b.proc.Cmd.Process.Signal(syscall.SIGKILL); err != nil && !b.hasExited() {
 		t.Fatalf("kill %s: %v", b.name, err)
 	}
 	select {
-	case <-b.exited:
+	case <-b.proc.Exited():
 	case <-time.After(10 * time.Second):
 		t.Fatalf("%s still running 10s after SIGKILL", b.name)
 	}
@@ -236,18 +201,18 @@ func (b *bridgeProc) Stop() error {
 	if b.hasExited() {
 		return fmt.Errorf("had already exited: %s", b.describeExit())
 	}
-	if err := b.cmd.Process.Signal(syscall.SIGTERM); err != nil && !b.hasExited() {
+	if err := b.proc.Cmd.Process.Signal(syscall.SIGTERM); err != nil && !b.hasExited() {
 		return fmt.Errorf("SIGTERM: %w", err)
 	}
 	select {
-	case <-b.exited:
+	case <-b.proc.Exited():
 	case <-time.After(stopTimeout):
-		_ = b.cmd.Process.Signal(syscall.SIGKILL)
-		<-b.exited
+		_ = b.proc.Cmd.Process.Signal(syscall.SIGKILL)
+		<-b.proc.Exited()
 		return fmt.Errorf("did not exit within %v of SIGTERM; killed", stopTimeout)
 	}
-	if b.exitErr != nil {
-		return fmt.Errorf("after SIGTERM: %w", b.exitErr)
+	if err := b.proc.Err(); err != nil {
+		return fmt.Errorf("after SIGTERM: %w", err)
 	}
 	return nil
 }
@@ -273,7 +238,7 @@ func (b *bridgeProc) waitReady(t testing.TB) {
 	t.Helper()
 	testenv.WaitFor(t, readyTimeout, b.name+" /readyz 200", func() (bool, string) {
 		if b.hasExited() {
-			t.Fatalf("%s exited before it was ready: %s\n%s", b.name, b.describeExit(), tail(b.out.String(), 100))
+			t.Fatalf("%s exited before it was ready: %s\n%s", b.name, b.describeExit(), testenv.Tail(b.proc.Output(), 100))
 		}
 		status, body, err := b.get("/readyz")
 		if err != nil {
@@ -309,38 +274,4 @@ func sumMetric(page, name string) float64 {
 		return math.NaN()
 	}
 	return m.Sum(name)
-}
-
-// logBuffer collects a process's output, safe for the concurrent writes of
-// its stdout and stderr. Past maxLog bytes it keeps the newer half.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-const maxLog = 32 << 20
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.buf.Len()+len(p) > maxLog {
-		keep := l.buf.Bytes()[l.buf.Len()/2:]
-		l.buf = *bytes.NewBuffer(append([]byte("[older output dropped]\n"), keep...))
-	}
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-// tail returns the last n lines of s, saying how many it left out.
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) <= n {
-		return strings.Join(lines, "\n")
-	}
-	return fmt.Sprintf("[%d earlier lines left out]\n%s", len(lines)-n, strings.Join(lines[len(lines)-n:], "\n"))
 }

@@ -135,7 +135,7 @@ func TestForeignMessages(t *testing.T) {
 	}
 	for _, f := range foreign {
 		line := fmt.Sprintf("subject=%s", change.Subject(f.product))
-		if !strings.Contains(b.out.String(), "not published by the bridge") || !strings.Contains(b.out.String(), line) {
+		if !strings.Contains(b.proc.Output(), "not published by the bridge") || !strings.Contains(b.proc.Output(), line) {
 			t.Errorf("the bridge's log does not report the foreign message on %s", change.Subject(f.product))
 		}
 	}

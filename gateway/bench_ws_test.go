@@ -219,10 +219,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 		d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, byte(1+n/250%250), byte(1+n%250))}
 		return d.DialContext(ctx, network, addr)
 	}}}
-	path, err := buildProgram("gateway")
-	if err != nil {
-		b.Fatal(err)
-	}
+	path := testenv.Program(b, "gateway")
 	pg, n := testenv.Postgres(b), testenv.NATS(b)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -42,10 +42,7 @@ type liveProcess struct {
 // the suite's defaults, and waits until it is ready.
 func startLiveGateway(t *testing.T, pg *testenv.PG, n *testenv.NATSServer, env ...string) *liveProcess {
 	t.Helper()
-	path, err := buildProgram("gateway")
-	if err != nil {
-		t.Fatal(err)
-	}
+	path := testenv.Program(t, "gateway")
 	g := &liveProcess{pg: pg, addr: testenv.FreeAddr(t)}
 	metrics := testenv.FreeAddr(t)
 	g.ops = "http://" + metrics

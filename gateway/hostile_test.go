@@ -752,10 +752,7 @@ func TestHostileLimits(t *testing.T) {
 // TestHostileConfig: the gateway refuses to start with a dangerous setting
 // and says why; with writes disabled it warns.
 func TestHostileConfig(t *testing.T) {
-	path, err := buildProgram("gateway")
-	if err != nil {
-		t.Fatal(err)
-	}
+	path := testenv.Program(t, "gateway")
 	cases := []struct{ env, why string }{
 		{"ALLOWED_ORIGINS=*", "wildcard in its domain"},
 		{"ALLOWED_ORIGINS=**", "wildcard in its domain"},

@@ -3,11 +3,13 @@ package main
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/productwatch/productwatch/pkg/protocol"
+	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
 // panicCount reads productwatch_gateway_panics_total{where}.

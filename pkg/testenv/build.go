@@ -22,24 +22,40 @@ const modulePath = "github.com/productwatch/productwatch"
 
 // Program returns the path of the program in the module's directory dir
 // ("bridge", "gateway"), built once per test process into a temporary
-// directory that [Main] removes. When the tests run with -race the program is
-// built with -race too, so that its data races show in its output. Every
-// caller after a failed build fails with that build's error. It fails the
-// test if the package's TestMain does not call [Main].
+// directory that [Main] removes. Every caller after a failed build fails with
+// that build's error. It fails the test if the package's TestMain does not
+// call [Main].
 func Program(t testing.TB, dir string) string {
 	t.Helper()
+	return program(t, dir, false)
+}
+
+// RaceProgram is [Program], built with -race when the tests run with -race,
+// so that the program's data races show in its output (a -race program is
+// slower: timing-sensitive tests want [Program]).
+func RaceProgram(t testing.TB, dir string) string {
+	t.Helper()
+	return program(t, dir, raceEnabled)
+}
+
+func program(t testing.TB, dir string, race bool) string {
+	t.Helper()
+	key := dir
+	if race {
+		key += " -race"
+	}
 	shared.mu.Lock()
 	if !shared.mainRunning {
 		shared.mu.Unlock()
 		t.Fatal("testenv.Program: the package's TestMain must call testenv.Main, which removes the built programs")
 	}
-	build, ok := shared.programs[dir]
+	build, ok := shared.programs[key]
 	if !ok {
-		build = sync.OnceValues(func() (string, error) { return shared.build(dir) })
+		build = sync.OnceValues(func() (string, error) { return shared.build(dir, race) })
 		if shared.programs == nil {
 			shared.programs = make(map[string]func() (string, error))
 		}
-		shared.programs[dir] = build
+		shared.programs[key] = build
 	}
 	shared.mu.Unlock()
 	path, err := build()
@@ -50,7 +66,7 @@ func Program(t testing.TB, dir string) string {
 }
 
 // build runs go build for the program in dir.
-func (e *environment) build(dir string) (string, error) {
+func (e *environment) build(dir string, race bool) (string, error) {
 	goTool, err := exec.LookPath("go")
 	if err != nil {
 		return "", fmt.Errorf("find the go command: %w", err)
@@ -64,7 +80,7 @@ func (e *environment) build(dir string) (string, error) {
 	e.mu.Unlock()
 	bin := filepath.Join(tmp, filepath.Base(dir))
 	args := []string{"build", "-buildvcs=false", "-o", bin}
-	if raceEnabled {
+	if race {
 		args = append(args, "-race")
 	}
 	args = append(args, modulePath+"/"+dir)

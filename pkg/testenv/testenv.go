@@ -139,7 +139,7 @@ type environment struct {
 	cluster   *pgserver.Cluster // the private cluster, if one was started
 	tempDirs  []string          // removed at teardown
 
-	programs map[string]func() (string, error) // Program's builds, by directory
+	programs map[string]func() (string, error) // Program's builds, by directory and -race
 }
 
 // Main runs the tests of m and then removes what they created together: the
