@@ -65,7 +65,7 @@ func TestResyncerSurvivesPanic(t *testing.T) {
 	c := g.dial(t, nil)
 	c.send(fmt.Sprintf(`{"command":"subscribe","productIDs":[%d]}`, p.ProductID))
 	c.expect("ack")
-	if err := g.g.hub.Subscribe(panicky{}, []int64{p.ProductID}); err != nil {
+	if err := g.g.hub.Subscribe(t.Context(), panicky{}, []int64{p.ProductID}); err != nil {
 		t.Fatal(err)
 	}
 	g.g.resyncer.queue.requestAll()

@@ -60,13 +60,15 @@ func newWSGateway(t testing.TB, pg *testenv.PG, n *testenv.NATSServer, change fu
 	if err != nil {
 		t.Fatal(err)
 	}
+	wsCtx, stopWS := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = g.hub.Run(g.wsBase) })
-	wg.Go(func() { g.resyncer.run(g.wsBase) })
+	wg.Go(func() { _ = g.hub.Run(wsCtx) })
+	wg.Go(func() { g.resyncer.run(wsCtx) })
+	wg.Go(func() { g.ws.Serve(wsCtx) })
 	tg := newTestServers(t, pg, g)
 	t.Cleanup(func() { // before the servers close (cleanups run last first)
 		g.ws.Drain(context.Background(), 0)
-		g.stopWS()
+		stopWS()
 		wg.Wait()
 		gnc.Close()
 	})

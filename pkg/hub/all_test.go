@@ -50,11 +50,11 @@ func TestSubscribeAll(t *testing.T) {
 	defer pub.Close()
 	a, b, one := &missRecorder{}, &recorder{}, &recorder{}
 	for _, s := range []Subscriber{a, b, a} {
-		if err := h.SubscribeAll(s); err != nil {
+		if err := h.SubscribeAll(t.Context(), s); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := h.Subscribe(one, []int64{7}); err != nil {
+	if err := h.Subscribe(t.Context(), one, []int64{7}); err != nil {
 		t.Fatal(err)
 	}
 	if got := allSubscriptions(t, n.Server); got != 1 || h.AllSubscribers() != 2 || !h.AllSubscribed() {

@@ -67,10 +67,10 @@ func TestSubscribeUnsubscribe(t *testing.T) {
 	}
 	defer pub.Close()
 	a, b := &recorder{}, &recorder{}
-	if err := h.Subscribe(a, []int64{1, 2}); err != nil {
+	if err := h.Subscribe(t.Context(), a, []int64{1, 2}); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.Subscribe(b, []int64{1}); err != nil {
+	if err := h.Subscribe(t.Context(), b, []int64{1}); err != nil {
 		t.Fatal(err)
 	}
 	if h.Products() != 2 {
@@ -147,7 +147,7 @@ func benchmarkFanOut(b *testing.B, conflating bool, helpers int) {
 		if conflating {
 			outboxes[i].SetConflation(Conflation{After: time.Hour, MaxEvents: 1})
 		}
-		if err := h.Subscribe(outboxes[i], []int64{1}); err != nil {
+		if err := h.Subscribe(b.Context(), outboxes[i], []int64{1}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -199,7 +199,7 @@ func TestHotProductInOrder(t *testing.T) {
 	subs := make([]*orderChecker, subscribers)
 	for i := range subs {
 		subs[i] = &orderChecker{}
-		if err := h.Subscribe(subs[i], []int64{1}); err != nil {
+		if err := h.Subscribe(t.Context(), subs[i], []int64{1}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -266,10 +266,10 @@ func TestDispatcherSurvivesPanic(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 
 	var healthy recorder
-	if err := h.Subscribe(panicky{}, []int64{1}); err != nil {
+	if err := h.Subscribe(t.Context(), panicky{}, []int64{1}); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.Subscribe(&healthy, []int64{2}); err != nil {
+	if err := h.Subscribe(t.Context(), &healthy, []int64{2}); err != nil {
 		t.Fatal(err)
 	}
 	for v := int64(1); v <= 3; v++ {
