@@ -16,7 +16,7 @@ import (
 // gateway binary), stopped with SIGTERM when the test ends.
 type Process struct {
 	Cmd  *exec.Cmd
-	out  lockedBuffer
+	out  LockedBuffer
 	done chan struct{} // closed when the process has exited
 	err  error         // Wait's result, set before done closes
 }
@@ -109,14 +109,16 @@ func Tail(s string, n int) string {
 // maxOutput bounds what a Process keeps of its output.
 const maxOutput = 32 << 20
 
-// lockedBuffer is a bytes.Buffer safe for a writing process and a reading
-// test. Past maxOutput bytes it keeps the newer half.
-type lockedBuffer struct {
+// LockedBuffer collects output that goroutines or a process write while a
+// test reads it (String); safe for concurrent use. Past 32 MiB it keeps the
+// newer half. The zero value is ready to use.
+type LockedBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
+// Write appends p.
+func (b *LockedBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.buf.Len()+len(p) > maxOutput {
@@ -126,7 +128,8 @@ func (b *lockedBuffer) Write(p []byte) (int, error) {
 	return b.buf.Write(p)
 }
 
-func (b *lockedBuffer) String() string {
+// String returns what was written so far.
+func (b *LockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
