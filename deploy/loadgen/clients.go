@@ -24,8 +24,8 @@ import (
 // connsPerSource is how many connections the load generator opens from one
 // source address before it moves to the next one in 127.0.0.0/8: one source
 // address has about 28,000 ephemeral ports (32768–60999) towards one
-// gateway address.
-const connsPerSource = 20000
+// gateway address, and earlier scenarios leave some in TIME_WAIT.
+const connsPerSource = 10000
 
 // dialer opens WebSocket connections to one gateway, spreading them over
 // source addresses 127.0.0.1, 127.0.0.2, … (connsPerSource each).

@@ -151,6 +151,9 @@ func writeMarkdown(w io.Writer, r *report) {
 			fmt.Fprintf(w, "- %s: %s idle subscribed connections (from %d source addresses) in %.1f s; gateway RSS %.1f → %.1f MiB: **%.1f KiB per connection** (the load generator: %.1f KiB per connection).\n",
 				res.Scenario.Name, thousands(int64(id.Connections)), id.SourceAddresses, id.ConnectSeconds,
 				id.GatewayRSSBeforeMiB, id.GatewayRSSAfterMiB, id.KiBPerConnection, id.LoadgenKiBPerConn)
+			if id.Note != "" {
+				fmt.Fprintf(w, "  Note: %s.\n", id.Note)
+			}
 		}
 		if res.Bridge != nil {
 			fmt.Fprintf(w, "- %s (`%s`):\n\n", res.Scenario.Name, res.Bridge.Command)
