@@ -62,12 +62,18 @@ func TestParseMachineCPU(t *testing.T) {
 
 // TestReadSelf reads this very process: it has used some CPU and memory.
 func TestReadSelf(t *testing.T) {
-	deadline := time.Now().Add(20 * time.Millisecond)
-	for time.Now().Before(deadline) { // burn a little CPU so that it shows
-	}
-	s, err := Read(os.Getpid())
-	if err != nil {
-		t.Fatal(err)
+	// Burn CPU until a tick of it shows (10 ms), for 10 s at most.
+	var (
+		s   Sample
+		err error
+	)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		if s, err = Read(os.Getpid()); err != nil {
+			t.Fatal(err)
+		}
+		if s.CPU > 0 {
+			break
+		}
 	}
 	if s.CPU <= 0 || s.RSS <= 0 || s.PeakRSS < s.RSS {
 		t.Errorf("Read(self) = %+v: want CPU > 0 and 0 < RSS <= PeakRSS", s)
