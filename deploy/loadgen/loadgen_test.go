@@ -126,7 +126,7 @@ func TestWriteMarkdownAndPlot(t *testing.T) {
 	rep := &report{Commit: "abc", Results: []*result{res, {Scenario: scenario{Name: "S6"}, Error: "boom"}}}
 	var buf bytes.Buffer
 	writeMarkdown(&buf, rep)
-	for _, want := range []string{"| S1 | 10 | 20 / 20 | 2 / 2 |", "- S6: **boom**"} {
+	for _, want := range []string{"| S1 | 10 | 20 / 20 | 2 / 2 | 0 | 0 | 0 |", "- S6: **boom**"} {
 		if !strings.Contains(buf.String(), want) {
 			t.Errorf("markdown lacks %q:\n%s", want, buf.String())
 		}

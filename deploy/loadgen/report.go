@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/productwatch/productwatch/deploy/loadgen/tally"
 )
 
 // report is everything a run writes to bench-results/<commit>.json.
@@ -112,32 +114,33 @@ func writeMarkdown(w io.Writer, r *report) {
 	fmt.Fprintf(w, "Writes via %s (%d connections, open loop), WebSocket over %s, NATS embedded in the bridge.\n\n",
 		r.Settings.Via, r.Settings.Writers, map[bool]string{true: "TLS", false: "plain HTTP (INSECURE_HTTP)"}[r.Settings.TLS])
 
-	fmt.Fprintln(w, "| scenario | committed | delivered / expected | readers with every version | dup | stale | wasted | commit → client p50 / p90 / p99 / max (ms) | writer → client p99 | freshness p99 | writer lag p99 |")
+	fmt.Fprintln(w, "| scenario | committed | delivered / expected | readers with every version | dup | stale | wasted | commit → client p50 / p90 / p99 / max (ms) | writer → client p50 / p90 / p99 / max (ms) | freshness p50 / p99 (ms) | writer lag p99 (ms) |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, res := range r.Results {
 		if res.Readers == nil {
 			continue
 		}
 		a := res.Readers
-		fmt.Fprintf(w, "| %s | %s | %s / %s | %d / %d | %d | %d | %d | %s / %s / %s / %s | %s | %s | %s |\n",
+		fmt.Fprintf(w, "| %s | %s | %s / %s | %d / %d | %d | %d | %d | %s | %s | %s / %s | %s |\n",
 			res.Scenario.Name, thousands(res.Writes.Committed), thousands(a.Delivered), thousands(a.Expected),
 			res.ReadersComplete, res.Scenario.Clients, a.Duplicates, a.OutOfOrder, a.Wasted,
-			f2(res.CommitLatency.P50), f2(res.CommitLatency.P90), f2(res.CommitLatency.P99), f1(res.CommitLatency.Max),
-			f2(res.WriterLatency.P99), f2(res.Freshness.P99), f2(res.Writes.ScheduleLag.P99))
+			quantiles(res.CommitLatency), quantiles(res.WriterLatency), f2(res.Freshness.P50), f2(res.Freshness.P99),
+			f2(res.Writes.ScheduleLag.P99))
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "CPU seconds in the measured window (writes plus drain), peak RSS (MiB). The bridge's figures include NATS, embedded in it.")
+	fmt.Fprintln(w, "CPU seconds in the measured window (writes plus drain), peak RSS (MiB). The bridge's figures include NATS, embedded in it. Others: everything else the machine ran meanwhile (other work on a shared machine, PostgreSQL's background processes).")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| scenario | window s | gateway CPU-s | bridge+NATS CPU-s | PG backends CPU-s | loadgen CPU-s | others on the machine CPU-s | CPU-s / 100k deliveries (gateway+bridge) | gateway peak RSS | bridge peak RSS |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| scenario | window s | gateway CPU-s | bridge+NATS CPU-s | PG backends CPU-s | loadgen CPU-s | others on the machine CPU-s | CPU-s / 100k deliveries (gateway+bridge) | gateway peak RSS | bridge peak RSS | both |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, res := range r.Results {
 		if res.Usage == nil || res.Readers == nil {
 			continue
 		}
 		u := res.Usage
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", res.Scenario.Name, f1(u.WindowSeconds),
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", res.Scenario.Name, f1(u.WindowSeconds),
 			f2(u.Gateway.CPUSeconds), f2(u.Bridge.CPUSeconds), f2(u.Postgres.CPUSeconds), f2(u.Loadgen.CPUSeconds),
-			f2(u.OthersCPUSeconds), f2(res.CPUPer100k), f1(u.Gateway.PeakRSSMiB), f1(u.Bridge.PeakRSSMiB))
+			f2(u.OthersCPUSeconds), f2(res.CPUPer100k), f1(u.Gateway.PeakRSSMiB), f1(u.Bridge.PeakRSSMiB),
+			f1(u.Gateway.PeakRSSMiB+u.Bridge.PeakRSSMiB))
 	}
 	fmt.Fprintln(w)
 	for _, res := range r.Results {
@@ -145,6 +148,14 @@ func writeMarkdown(w io.Writer, r *report) {
 			fmt.Fprintf(w, "- %s stalled client %d: received %s of %s versions after it finally read; closed by the gateway: %v (close status %d). Gateway counters: %s.\n",
 				res.Scenario.Name, i+1, thousands(st.Account.Delivered), thousands(st.Account.Expected), st.Closed, st.CloseStatus,
 				metricSummary(res.GatewayMetrics))
+		}
+		if res.Scenario.Name == "S4" && res.Readers != nil {
+			for _, base := range r.Results {
+				if base.Scenario.Name == "S4-base" && base.Readers != nil && base.WriterLatency.P99 > 0 {
+					fmt.Fprintf(w, "- S4's readers: writer → client p99 %s ms against %s ms without the stalled client (S4-base): %.2f×.\n",
+						f2(res.WriterLatency.P99), f2(base.WriterLatency.P99), res.WriterLatency.P99/base.WriterLatency.P99)
+				}
+			}
 		}
 		if res.Idle != nil {
 			id := res.Idle
@@ -179,6 +190,11 @@ func writeMarkdown(w io.Writer, r *report) {
 			fmt.Fprintf(w, "- %s: **%s**\n", res.Scenario.Name, res.Error)
 		}
 	}
+}
+
+// quantiles formats p50 / p90 / p99 / max.
+func quantiles(s tally.Summary) string {
+	return fmt.Sprintf("%s / %s / %s / %s", f2(s.P50), f2(s.P90), f2(s.P99), f1(s.Max))
 }
 
 // metricSummary picks the gateway counters that say what happened to slow
