@@ -95,13 +95,16 @@ type result struct {
 
 	Writes *writeResult `json:"writes,omitempty"`
 	// Readers: the clients that read; every count is summed over them.
-	Readers          *tally.Client   `json:"readers,omitempty"`
-	ReadersComplete  int             `json:"readersWithEveryVersion"`
-	ReadersConflated int             `json:"readersMissingVersions"`
-	ReadersDropped   int             `json:"readersClosedEarly"`
-	GatewayErrors    []string        `json:"gatewayErrors,omitempty"`
-	Stalled          []stalledResult `json:"stalled,omitempty"`
-	DrainSeconds     float64         `json:"drainSeconds"`
+	Readers          *tally.Client `json:"readers,omitempty"`
+	ReadersComplete  int           `json:"readersWithEveryVersion"`
+	ReadersConflated int           `json:"readersMissingVersions"`
+	ReadersDropped   int           `json:"readersClosedEarly"`
+	// WorstReader is the account of the reader with the most missing,
+	// duplicated, stale and wasted events.
+	WorstReader   *tally.Client   `json:"worstReader,omitempty"`
+	GatewayErrors []string        `json:"gatewayErrors,omitempty"`
+	Stalled       []stalledResult `json:"stalled,omitempty"`
+	DrainSeconds  float64         `json:"drainSeconds"`
 	// MissingExample lists some versions the first client that missed any
 	// did not receive, for diagnosis.
 	MissingExample string `json:"missingExample,omitempty"`
@@ -215,6 +218,7 @@ func runFanout(ctx context.Context, dbs *database, sc scenario, opts runOptions,
 
 	lat := tally.NewLatencies()
 	var sum tally.Client
+	res.WorstReader = &tally.Client{Missing: -1}
 	for i, c := range clients {
 		frames, gwErrors, readErr := c.result()
 		acc := tally.Account(c.watch, writes.commits, frames, lat)
@@ -222,6 +226,10 @@ func runFanout(ctx context.Context, dbs *database, sc scenario, opts runOptions,
 			res.MissingExample = missingExample(i, c.watch, writes.commits, frames)
 		}
 		sum.Add(acc)
+		if acc.Missing+acc.Duplicates+acc.OutOfOrder+acc.Wasted > res.WorstReader.Missing+res.WorstReader.Duplicates+
+			res.WorstReader.OutOfOrder+res.WorstReader.Wasted {
+			res.WorstReader = &acc
+		}
 		switch {
 		case acc.Missing == 0:
 			res.ReadersComplete++
