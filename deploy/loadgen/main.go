@@ -34,8 +34,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/productwatch/productwatch/pkg/envflag"
 )
 
 // config is what the command line says.
@@ -49,7 +47,6 @@ type config struct {
 func main() {
 	var cfg config
 	fs := flag.NewFlagSet("loadgen", flag.ExitOnError)
-	set := envflag.New(fs)
 	fs.StringVar(&cfg.scenarios, "scenarios", "S1,S2,S3,S4-base,S4,S5,S6", "scenarios to run, comma-separated")
 	fs.Float64Var(&cfg.scale, "scale", 1, "scale clients, rates and durations by this factor (0.1 for a quick try)")
 	fs.BoolVar(&cfg.build, "build", true, "build bin/bridge and bin/gateway first (go build)")
@@ -63,13 +60,7 @@ func main() {
 	fs.StringVar(&cfg.run.profile, "profile", "", "scenarios during which to take a CPU profile of the gateway (DEBUG_ADDR pprof), comma-separated")
 	fs.DurationVar(&cfg.run.drain, "drain", 15*time.Second, "after the writes, wait at most this long for the clients to catch up")
 	fs.StringVar(&cfg.run.s6Benchtime, "s6-benchtime", "1x", "-benchtime of S6's go test -bench")
-	set.String(&cfg.run.natsUser, "nats-user", "NATS_USER", "", "NATS user for both programs, when NATS requires credentials")
-	set.String(&cfg.run.natsPass, "nats-password", "NATS_PASSWORD", "", "NATS password")
 	_ = fs.Parse(os.Args[1:])
-	if err := set.Err(); err != nil {
-		fmt.Fprintln(os.Stderr, "loadgen:", err)
-		os.Exit(2)
-	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "loadgen")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -134,7 +125,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 	defer dbs.close(ctx)
 
 	rep := &report{Commit: opts.commit, Started: stamp(started), Machine: describeMachine(ctx, dbs.adminDSN),
-		Settings: settings{Via: opts.via, Writers: opts.writers, TLS: opts.tls, Scale: cfg.scale, NATSAuth: opts.natsUser != ""}}
+		Settings: settings{Via: opts.via, Writers: opts.writers, TLS: opts.tls, Scale: cfg.scale}}
 	var failed []string
 	for _, sc := range list {
 		logger.Info("scenario", "name", sc.Name, "title", sc.Title)

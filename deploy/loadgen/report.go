@@ -29,11 +29,10 @@ type report struct {
 
 // settings are the run's options that shape the figures.
 type settings struct {
-	Via      string  `json:"writesVia"`
-	Writers  int     `json:"writerConnections"`
-	TLS      bool    `json:"tls"`
-	Scale    float64 `json:"scale"`
-	NATSAuth bool    `json:"natsAuth"`
+	Via     string  `json:"writesVia"`
+	Writers int     `json:"writerConnections"`
+	TLS     bool    `json:"tls"`
+	Scale   float64 `json:"scale"`
 }
 
 // machine describes where the run happened.

@@ -80,8 +80,6 @@ type runOptions struct {
 	writers     int
 	profile     string // scenario names whose gateway gets CPU-profiled
 	drain       time.Duration
-	natsUser    string
-	natsPass    string
 	commit      string
 	s6Benchtime string
 }
@@ -133,7 +131,7 @@ type curvePoint struct {
 func runFanout(ctx context.Context, dbs *database, sc scenario, opts runOptions, logger *slog.Logger) (*result, error) {
 	res := &result{Scenario: sc}
 	s, err := startSystem(ctx, dbs, sc.Name, systemOptions{binDir: opts.binDir, stateDir: opts.stateDir, tls: opts.tls,
-		gateway: sc.GatewayEnv, products: sc.Products, rowBytes: sc.RowBytes, natsUser: opts.natsUser, natsPass: opts.natsPass}, logger)
+		gateway: sc.GatewayEnv, products: sc.Products, rowBytes: sc.RowBytes}, logger)
 	if err != nil {
 		return res, err
 	}
@@ -362,7 +360,7 @@ func runIdle(ctx context.Context, dbs *database, sc scenario, opts runOptions, l
 		logger.Warn("fewer idle connections than asked", "asked", asked, "opened", sc.Clients, "nofile", limit)
 	}
 	s, err := startSystem(ctx, dbs, sc.Name, systemOptions{binDir: opts.binDir, stateDir: opts.stateDir, tls: opts.tls,
-		gateway: sc.GatewayEnv, products: sc.Products, natsUser: opts.natsUser, natsPass: opts.natsPass}, logger)
+		gateway: sc.GatewayEnv, products: sc.Products}, logger)
 	if err != nil {
 		return res, err
 	}

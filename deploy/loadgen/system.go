@@ -73,8 +73,6 @@ type systemOptions struct {
 	gateway  []string // extra environment for the gateway (KEY=value)
 	products int      // products seeded before the programs start
 	rowBytes int      // approximate size of each product row's text (its name)
-	natsUser string   // NATS_USER/NATS_PASSWORD for both programs, when NATS requires them
-	natsPass string
 }
 
 // system is one fresh productwatch: a database of its own, a bridge with
@@ -140,9 +138,7 @@ func startSystem(ctx context.Context, dbs *database, name string, opts systemOpt
 	natsListen := addrs[0]
 	s.bridgeMetrics, s.gatewayAddr, s.gatewayMetrics, s.debugAddr = addrs[1], addrs[2], addrs[3], addrs[4]
 	s.natsURL = "nats://" + natsListen
-	token := make([]byte, 24)
-	_, _ = rand.Read(token)
-	s.apiToken = hex.EncodeToString(token)
+	s.apiToken = randomHex(24)
 	logDir := filepath.Join(opts.stateDir, "logs")
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return s, err
@@ -151,13 +147,14 @@ func startSystem(ctx context.Context, dbs *database, name string, opts systemOpt
 	if err != nil {
 		return s, err
 	}
-	var natsAuth []string
-	if opts.natsUser != "" {
-		natsAuth = []string{"NATS_USER=" + opts.natsUser, "NATS_PASSWORD=" + opts.natsPass}
-	}
+	// NATS credentials, as `make run` gives them: the embedded server knows
+	// the bridge, gateway and debug users; each program connects as its own.
+	bridgePass, gatewayPass, debugPass := randomHex(16), randomHex(16), randomHex(16)
 
-	bridgeEnv := append([]string{"DATABASE_URL=" + s.dsn, "METRICS_ADDR=" + s.bridgeMetrics, "NATS_URL=",
-		"NATS_EMBED_LISTEN=" + natsListen, "NATS_STORE_DIR=" + natsStore, "LOG_FORMAT=text", "LOG_LEVEL=warn"}, natsAuth...)
+	bridgeEnv := []string{"DATABASE_URL=" + s.dsn, "METRICS_ADDR=" + s.bridgeMetrics, "NATS_URL=",
+		"NATS_EMBED_LISTEN=" + natsListen, "NATS_STORE_DIR=" + natsStore, "LOG_FORMAT=text", "LOG_LEVEL=warn",
+		"NATS_USER=bridge", "NATS_PASSWORD=" + bridgePass,
+		"NATS_EMBED_GATEWAY_PASSWORD=" + gatewayPass, "NATS_EMBED_DEBUG_PASSWORD=" + debugPass}
 	if s.bridge, err = startChild(filepath.Join(opts.binDir, "bridge"), "bridge", bridgeEnv,
 		filepath.Join(logDir, name+"-bridge.log"), natsStore); err != nil {
 		return s, err
@@ -173,9 +170,13 @@ func startSystem(ctx context.Context, dbs *database, name string, opts systemOpt
 		return s, err
 	}
 
-	gatewayEnv := append([]string{"DATABASE_URL=" + s.dsn, "NATS_URL=" + s.natsURL, "LISTEN_ADDR=" + s.gatewayAddr,
+	gatewayEnv := []string{"DATABASE_URL=" + s.dsn, "NATS_URL=" + s.natsURL, "LISTEN_ADDR=" + s.gatewayAddr,
 		"METRICS_ADDR=" + s.gatewayMetrics, "DEBUG_ADDR=" + s.debugAddr, "API_TOKEN=" + s.apiToken,
-		"LOG_FORMAT=text", "LOG_LEVEL=warn", "DRAIN_WINDOW=1s", "SHUTDOWN_TIMEOUT=5s"}, natsAuth...)
+		"LOG_FORMAT=text", "LOG_LEVEL=warn", "DRAIN_WINDOW=1s", "SHUTDOWN_TIMEOUT=5s",
+		"NATS_USER=gateway", "NATS_PASSWORD=" + gatewayPass,
+		// The simulated browsers come from a handful of addresses, where a
+		// real deployment sees one per browser: lift the per-address limits.
+		"WS_MAX_CONNECTIONS_PER_ADDR=1000000", "WS_MAX_SUBSCRIPTIONS_PER_ADDR=10000000"}
 	if opts.tls {
 		gatewayEnv = append(gatewayEnv, "INSECURE_HTTP=false")
 	} else {
@@ -266,6 +267,13 @@ func seed(ctx context.Context, db *sql.DB, n, rowBytes int) error {
 		return fmt.Errorf("seed %d products: %w", n, err)
 	}
 	return nil
+}
+
+// randomHex returns n random bytes in hex.
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails
+	return hex.EncodeToString(b)
 }
 
 // adminExec runs one statement on the server's administrative database.
