@@ -56,7 +56,7 @@ func main() {
 	fs.StringVar(&cfg.run.repoDir, "repo", ".", "the repository (S6 runs go test ./bridge/ there)")
 	fs.BoolVar(&cfg.run.tls, "tls", false, "the gateway serves HTTPS with its development certificate (default: INSECURE_HTTP)")
 	fs.StringVar(&cfg.run.via, "via", "sql", "how the writers change products: sql (UPDATE in PostgreSQL) or rest (PATCH through the gateway)")
-	fs.IntVar(&cfg.run.writers, "writers", 8, "writer connections (UPDATEs in flight at most)")
+	fs.IntVar(&cfg.run.writers, "writers", 16, "writer connections (UPDATEs in flight at most)")
 	fs.StringVar(&cfg.run.profile, "profile", "", "scenarios during which to take a CPU profile of the gateway (DEBUG_ADDR pprof), comma-separated")
 	fs.DurationVar(&cfg.run.drain, "drain", 15*time.Second, "after the writes, wait at most this long for the clients to catch up")
 	fs.StringVar(&cfg.run.s6Benchtime, "s6-benchtime", "1x", "-benchtime of S6's go test -bench")

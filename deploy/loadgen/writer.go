@@ -114,6 +114,10 @@ type writeResult struct {
 	// slower).
 	ScheduleLag tally.Summary `json:"scheduleLag"`
 	FirstError  string        `json:"firstError,omitempty"`
+	// Seconds: from the first scheduled change until the last UPDATE
+	// returned; Rate: commits per second over it.
+	Seconds float64 `json:"seconds"`
+	Rate    float64 `json:"rate"`
 	Via         string        `json:"via"`
 
 	commits tally.Commits
@@ -222,6 +226,9 @@ schedule:
 	}
 	res.commits.Sort()
 	res.ScheduleLag = tally.Summarize(lag)
+	if res.Seconds = res.ended.Sub(res.started).Seconds(); res.Seconds > 0 {
+		res.Rate = float64(res.Committed) / res.Seconds
+	}
 	return res, ctx.Err()
 }
 
