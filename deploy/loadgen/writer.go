@@ -118,7 +118,7 @@ type writeResult struct {
 	// returned; Rate: commits per second over it.
 	Seconds float64 `json:"seconds"`
 	Rate    float64 `json:"rate"`
-	Via         string        `json:"via"`
+	Via     string  `json:"via"`
 
 	commits tally.Commits
 	started time.Time
