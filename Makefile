@@ -75,6 +75,7 @@ fuzz:
 	$(GO) test ./pkg/product -run '^$$' -fuzz '^FuzzDecodeInput$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/protocol -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/pgserver -run '^$$' -fuzz '^FuzzWithDatabase$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./deploy/loadgen -run '^$$' -fuzz '^FuzzParseEvent$$' -fuzztime $(FUZZTIME)
 
 ## bench: the load generator's scenarios S1-S6 against a fresh system each (deploy/loadgen);
 ## writes bench-results/<commit>.json, .md and .png; see BENCHMARKS.md

@@ -211,11 +211,11 @@ func parseEvent(msg []byte) (tally.Frame, bool) {
 	}
 	rest := msg[i+len(productIDKey):]
 	n := 0
-	for n < len(rest) && rest[n] >= '0' && rest[n] <= '9' {
+	for n < len(rest) && n < 18 && rest[n] >= '0' && rest[n] <= '9' {
 		f.ProductID = f.ProductID*10 + int64(rest[n]-'0')
 		n++
 	}
-	if n == 0 {
+	if n == 0 || n < len(rest) && rest[n] >= '0' && rest[n] <= '9' { // none, or more than int64 holds
 		return f, false
 	}
 	v, ok := change.EventVersion(msg)

@@ -27,7 +27,8 @@ func TestParseEvent(t *testing.T) {
 	if f, ok := parseEvent(snapshot); !ok || f.ProductID != 3 || f.Version != 2 || f.ChangedAt != 0 {
 		t.Errorf("parseEvent(snapshot) = %+v, %v", f, ok)
 	}
-	for _, bad := range []string{`{"type":"ack"}`, `{"productId":x,"version":1}`, `{"productId":1}`, ``} {
+	for _, bad := range []string{`{"type":"ack"}`, `{"productId":x,"version":1}`, `{"productId":1}`, ``,
+		`{"productId":9999999999999999999,"version":1}`} {
 		if f, ok := parseEvent([]byte(bad)); ok {
 			t.Errorf("parseEvent(%q) = %+v, ok", bad, f)
 		}
@@ -202,4 +203,30 @@ func TestFanoutSmall(t *testing.T) {
 	if res.Usage == nil || res.Usage.Gateway.CPUSeconds <= 0 || res.Usage.Bridge.PeakRSSMiB <= 0 {
 		t.Errorf("usage = %+v: want the gateway's CPU and the bridge's memory", res.Usage)
 	}
+}
+
+// FuzzParseEvent: whatever the gateway sends, reading an event's fields
+// never panics, and what it reads back is what the bytes say.
+func FuzzParseEvent(f *testing.F) {
+	for _, seed := range []string{
+		`{"seq":1,"action":"UPDATE","productId":42,"version":7,"changedAt":"2026-11-25T01:02:03.456789Z","product":{"productId":42,"version":7}}`,
+		`{"action":"SNAPSHOT","productId":3,"version":2,"product":{}}`,
+		`{"type":"ack","command":"subscribe","productIDs":[1]}`,
+		`{"productId":99999999999999999999,"version":1}`,
+		`"productId":`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		fr, ok := parseEvent(msg)
+		if !ok {
+			return
+		}
+		if !bytes.Contains(msg, []byte(`"productId":`)) || !bytes.Contains(msg, []byte(`,"version":`)) {
+			t.Fatalf("parseEvent(%q) = %+v without productId or version", msg, fr)
+		}
+		if fr.Version < 0 || fr.ProductID < 0 {
+			t.Fatalf("parseEvent(%q) = %+v: negative", msg, fr)
+		}
+	})
 }
