@@ -123,6 +123,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 		return err
 	}
 	defer dbs.close(ctx)
+	dbs.dropStale(ctx)
 
 	rep := &report{Commit: opts.commit, Started: stamp(started), Machine: describeMachine(ctx, dbs.adminDSN),
 		Settings: settings{Via: opts.via, Writers: opts.writers, TLS: opts.tls, Scale: cfg.scale}}

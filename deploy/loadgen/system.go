@@ -55,6 +55,41 @@ func openDatabase(ctx context.Context, stateDir string, logger *slog.Logger) (*d
 	return &database{adminDSN: adminDSN, cluster: cluster, logger: logger}, nil
 }
 
+// dropStale drops the databases earlier load generators left behind when
+// they were killed before cleaning up: productwatch_bench_<pid>_… whose
+// process no longer runs.
+func (d *database) dropStale(ctx context.Context) {
+	db, err := sql.Open("postgres", d.adminDSN)
+	if err != nil {
+		return
+	}
+	defer db.Close()
+	rows, err := db.QueryContext(ctx, `SELECT datname FROM pg_database WHERE datname LIKE 'productwatch\_bench\_%'`)
+	if err != nil {
+		return
+	}
+	var stale []string
+	for rows.Next() {
+		var name string
+		if rows.Scan(&name) != nil {
+			continue
+		}
+		var pid int
+		if _, err := fmt.Sscanf(name, "productwatch_bench_%d_", &pid); err != nil || pid == os.Getpid() {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); errors.Is(err, os.ErrNotExist) {
+			stale = append(stale, name)
+		}
+	}
+	rows.Close()
+	for _, name := range stale {
+		if _, err := db.ExecContext(ctx, "DROP DATABASE IF EXISTS "+pq.QuoteIdentifier(name)+" WITH (FORCE)"); err == nil {
+			d.logger.Info("dropped a database an earlier run left behind", "database", name)
+		}
+	}
+}
+
 // close stops the private cluster, if one was started.
 func (d *database) close(ctx context.Context) {
 	if d.cluster == nil {
