@@ -25,6 +25,7 @@ import (
 	"github.com/lib/pq"
 
 	"github.com/productwatch/productwatch/deploy/loadgen/procstat"
+	"github.com/productwatch/productwatch/pkg/broker"
 	"github.com/productwatch/productwatch/pkg/pgserver"
 	"github.com/productwatch/productwatch/pkg/schema"
 )
@@ -188,7 +189,7 @@ func startSystem(ctx context.Context, dbs *database, name string, opts systemOpt
 
 	bridgeEnv := []string{"DATABASE_URL=" + s.dsn, "METRICS_ADDR=" + s.bridgeMetrics, "NATS_URL=",
 		"NATS_EMBED_LISTEN=" + natsListen, "NATS_STORE_DIR=" + natsStore, "LOG_FORMAT=text", "LOG_LEVEL=warn",
-		"NATS_USER=bridge", "NATS_PASSWORD=" + bridgePass,
+		"NATS_USER=" + broker.BridgeUser, "NATS_PASSWORD=" + bridgePass,
 		"NATS_EMBED_GATEWAY_PASSWORD=" + gatewayPass, "NATS_EMBED_DEBUG_PASSWORD=" + debugPass}
 	if s.bridge, err = startChild(filepath.Join(opts.binDir, "bridge"), "bridge", bridgeEnv,
 		filepath.Join(logDir, name+"-bridge.log"), natsStore); err != nil {
@@ -208,7 +209,7 @@ func startSystem(ctx context.Context, dbs *database, name string, opts systemOpt
 	gatewayEnv := []string{"DATABASE_URL=" + s.dsn, "NATS_URL=" + s.natsURL, "LISTEN_ADDR=" + s.gatewayAddr,
 		"METRICS_ADDR=" + s.gatewayMetrics, "DEBUG_ADDR=" + s.debugAddr, "API_TOKEN=" + s.apiToken,
 		"LOG_FORMAT=text", "LOG_LEVEL=warn", "DRAIN_WINDOW=1s", "SHUTDOWN_TIMEOUT=5s",
-		"NATS_USER=gateway", "NATS_PASSWORD=" + gatewayPass,
+		"NATS_USER=" + broker.GatewayUser, "NATS_PASSWORD=" + gatewayPass,
 		// The simulated browsers come from a handful of addresses, where a
 		// real deployment sees one per browser: lift the per-address limits.
 		"WS_MAX_CONNECTIONS_PER_ADDR=1000000", "WS_MAX_SUBSCRIPTIONS_PER_ADDR=10000000"}
