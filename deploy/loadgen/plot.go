@@ -30,8 +30,9 @@ func writePlot(path string, results []*result) error {
 		{Value: 3, Label: "99.9"}, {Value: 4, Label: "99.99"},
 	}
 	p.Add(plotter.NewGrid())
-	p.Legend.Top = true
-	p.Legend.Left = true
+	// Bottom right: below the curves, which rise to the right.
+	p.Legend.Top = false
+	p.Legend.Left = false
 	var lines []any
 	for _, res := range results {
 		if res.latencies == nil || res.latencies.Commit.TotalCount() == 0 {
