@@ -172,7 +172,14 @@ func runFanout(ctx context.Context, dbs *database, sc scenario, opts runOptions,
 	var profileDone chan string
 	if sc.profile {
 		profileDone = make(chan string, 1)
-		go func() { profileDone <- takeProfile(s.debugAddr, sc.duration, opts, sc.Name) }()
+		pctx, cancel := context.WithCancel(ctx)
+		go func() { profileDone <- takeProfile(pctx, s.debugAddr, sc.duration, opts, sc.Name) }()
+		defer func() { // on an early return: stop the profile and wait for it
+			cancel()
+			if res.Profile == "" {
+				<-profileDone
+			}
+		}()
 	}
 	newUpdater := func(ctx context.Context) (updater, error) { return newSQLUpdater(ctx, s.db) }
 	if opts.via == "rest" {
@@ -301,10 +308,14 @@ func delta(before, after map[string]float64) map[string]float64 {
 
 // takeProfile fetches a CPU profile of the gateway over d and saves it in
 // the output directory; it returns the file's path ("" on failure, logged).
-func takeProfile(debugAddr string, d time.Duration, opts runOptions, name string) string {
+func takeProfile(ctx context.Context, debugAddr string, d time.Duration, opts runOptions, name string) string {
 	secs := max(1, int(d.Seconds()))
 	client := &http.Client{Timeout: d + 30*time.Second}
-	resp, err := client.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", debugAddr, secs))
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", debugAddr, secs), nil)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return "error: " + err.Error()
 	}
