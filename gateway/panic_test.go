@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,5 +85,35 @@ func TestResyncerSurvivesPanic(t *testing.T) {
 		if m.Version == 2 {
 			break
 		}
+	}
+}
+
+// TestWriterPanicEndsOnlyItsConnection: a panic on a socket's writer
+// closes that socket with 1011 and is counted; the other sockets carry on.
+func TestWriterPanicEndsOnlyItsConnection(t *testing.T) {
+	t.Parallel()
+	g := newWSGateway(t, nil, nil, nil)
+	g.g.ws.cfg.onWrite = func(msg []byte) { // set before any socket exists
+		if bytes.Contains(msg, []byte("Explosive")) {
+			panic("writer exploded")
+		}
+	}
+	calm := g.create(t, macbook)
+	hot := g.create(t, strings.Replace(macbook, "MacBook Pro", "Explosive", 1))
+	seq := g.relay(t, 0)
+	other := g.dial(t, nil)
+	other.send(fmt.Sprintf(`{"command":"subscribe","productIDs":[%d]}`, calm.ProductID))
+	other.expect("ack")
+
+	victim := g.dial(t, nil)
+	victim.send(fmt.Sprintf(`{"command":"subscribe","productIDs":[%d],"snapshot":true}`, hot.ProductID))
+	if code := victim.closed(); code != websocket.StatusInternalError {
+		t.Errorf("close code %v, want 1011", code)
+	}
+	waitUntil(t, "the writer's panic to be counted", func() bool { return panicCount(g, "websocket_writer") == 1 })
+	g.write(t, "PATCH", fmt.Sprintf("/products/%d", calm.ProductID), `{"unitsAvailable":2}`)
+	g.relay(t, seq)
+	if m := other.expect("UPDATE"); m.Version != 2 {
+		t.Errorf("the other socket got %s", m.raw)
 	}
 }

@@ -49,6 +49,9 @@ type wsConfig struct {
 	// onCommand, when set, sees every decoded command on the reader (tests
 	// use it to make a reader panic).
 	onCommand func(protocol.Command)
+	// onWrite, when set, sees every queued message the writer is about to
+	// write (tests use it to make a writer panic).
+	onWrite func(msg []byte)
 }
 
 // maxPendingCatchUps is how many snapshot/resume reads a connection may
