@@ -110,7 +110,7 @@ func TestWriterPanicEndsOnlyItsConnection(t *testing.T) {
 	if code := victim.closed(); code != websocket.StatusInternalError {
 		t.Errorf("close code %v, want 1011", code)
 	}
-	waitUntil(t, "the writer's panic to be counted", func() bool { return panicCount(g, "websocket_writer") == 1 })
+	testenv.WaitUntil(t, 10*time.Second, "the writer's panic to be counted", func() bool { return panicCount(g, "websocket_writer") == 1 })
 	g.write(t, "PATCH", fmt.Sprintf("/products/%d", calm.ProductID), `{"unitsAvailable":2}`)
 	g.relay(t, seq)
 	if m := other.expect("UPDATE"); m.Version != 2 {
