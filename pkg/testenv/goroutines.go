@@ -9,9 +9,13 @@ import (
 	"time"
 )
 
+// ownGrace is how long a goroutine of the program may take to end after
+// Run has returned (it signalled its owner on its way out).
+const ownGrace = 500 * time.Millisecond
+
 // WaitGoroutines checks, right after a program's Run has returned, that
-// Run left nothing running: at once, that no goroutine runs this module's
-// code or was started by it (other than the tests' own); then, within
+// Run left nothing running: within ownGrace, that no goroutine runs this
+// module's code or was started by it (other than the tests' own); then, within
 // timeout, that no more goroutines run than before (a count taken with
 // runtime.NumGoroutine before Run started), for the libraries' goroutines
 // that end shortly after their Close returns. It fails the test with the
@@ -20,8 +24,11 @@ import (
 // parallel, so that no other test's goroutines come and go meanwhile.
 func WaitGoroutines(t testing.TB, before int, timeout time.Duration) {
 	t.Helper()
-	if own := ownGoroutines(); len(own) > 0 {
-		t.Fatalf("%d goroutines of the program still run after Run returned:\n\n%s", len(own), strings.Join(own, "\n\n"))
+	// A goroutine that has just signalled its owner (close(done) in a
+	// defer) is still on its way out: a moment's grace, no more.
+	var own []string
+	if !Poll(t, ownGrace, func() bool { own = ownGoroutines(); return len(own) == 0 }) {
+		t.Fatalf("%d goroutines of the program still run %v after Run returned:\n\n%s", len(own), ownGrace, strings.Join(own, "\n\n"))
 	}
 	http.DefaultClient.CloseIdleConnections()
 	if Poll(t, timeout, func() bool { return runtime.NumGoroutine() <= before }) {
