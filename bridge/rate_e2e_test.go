@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"testing"
 	"time"
 )
@@ -32,15 +31,7 @@ func TestWakeupModeByRate(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	conns := make([]*sql.Conn, 4)
-	for i := range conns {
-		c, err := pg.DB.Conn(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		conns[i] = c
-	}
+	conns := sessions(t, ctx, pg.DB, 4)
 
 	// The trickle: 40 changes a second, one every 25 ms, for 2 s. (A
 	// ticker drops the ticks a slow update misses, so the rate never
@@ -116,15 +107,7 @@ func TestWakeupEndsWhenWritersQueueOnNotify(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	conns := make([]*sql.Conn, 8)
-	for i := range conns {
-		c, err := pg.DB.Conn(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		conns[i] = c
-	}
+	conns := sessions(t, ctx, pg.DB, 8)
 	began := time.Now()
 	written := 0
 	for wakeupFlag(t, pg.DB) != 1 {

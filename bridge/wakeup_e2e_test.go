@@ -132,15 +132,7 @@ func TestWakeupRace(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	const burstWriters = 4
-	conns := make([]*sql.Conn, burstWriters+2) // burst writers, the RR transaction, the late one
-	for i := range conns {
-		c, err := pg.DB.Conn(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		conns[i] = c
-	}
+	conns := sessions(t, ctx, pg.DB, burstWriters+2) // burst writers, the RR transaction, the late one
 	rrConn, lateConn := conns[burstWriters], conns[burstWriters+1]
 
 	seed := rand.Uint64()

@@ -260,3 +260,20 @@ func (p *productPool) take(rng *rand.Rand) int64 {
 	p.ids = p.ids[:len(p.ids)-1]
 	return id
 }
+
+// sessions returns n connections of db of their own (a session each, for
+// transactions the test holds open or runs side by side), closed when the
+// test ends.
+func sessions(t testing.TB, ctx context.Context, db *sql.DB, n int) []*sql.Conn {
+	t.Helper()
+	conns := make([]*sql.Conn, n)
+	for i := range conns {
+		c, err := db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		conns[i] = c
+	}
+	return conns
+}
