@@ -14,6 +14,12 @@ BENCHTIME    ?= 5000x
 export GOFLAGS := -buildvcs=false
 
 .PHONY: all build run migrate test test-short lint fmt fuzz bench clean tools
+.PHONY: cluster cluster-down cluster-scale cluster-status cluster-cookbook cluster-tools test-chaos
+
+# make cluster-scale GATEWAYS=n
+GATEWAYS     ?=
+NATS_SERVER  := $(BIN)/nats-server
+CLUSTER      := $(BIN)/cluster
 
 all: lint test
 
@@ -22,6 +28,7 @@ build:
 	$(GO) build -o $(BIN)/bridge ./bridge
 	$(GO) build -o $(BIN)/gateway ./gateway
 	$(GO) build -o $(BIN)/devrun ./deploy/devrun
+	$(GO) build -o $(CLUSTER) ./deploy/cluster
 
 ## run: the whole system on this machine (PostgreSQL found or started, NATS embedded in the bridge)
 run: build
@@ -77,6 +84,47 @@ fuzz:
 ## bench: the Go benchmarks (BenchmarkPgbenchUpdate runs pgbench beside the PUT path); see BENCHMARKS.md
 bench: tools
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
+
+## cluster-tools: nats-server at go.mod's version into bin/, and Debian's haproxy when missing
+cluster-tools:
+	@want=$$($(GO) list -m -f '{{.Version}}' github.com/nats-io/nats-server/v2); \
+	if [ "$$($(NATS_SERVER) --version 2>/dev/null)" != "nats-server: $$want" ]; then \
+		echo "GOBIN=$(BIN) $(GO) install github.com/nats-io/nats-server/v2@$$want"; \
+		GOBIN=$(BIN) $(GO) install github.com/nats-io/nats-server/v2@$$want; \
+	fi
+	@if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then \
+		echo "apt-get install haproxy"; \
+		apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq haproxy; \
+	fi
+
+## cluster: the multi-replica topology as processes on this machine: 3 NATS nodes, 2 bridges,
+## 3 gateways behind haproxy on https://127.0.0.1:9443 (deploy/cluster/README.md)
+cluster: build cluster-tools
+	$(CLUSTER) up
+
+## cluster-down: stop everything make cluster started (by PID, from any shell)
+cluster-down:
+	$(GO) build -o $(CLUSTER) ./deploy/cluster
+	$(CLUSTER) down
+
+## cluster-scale: GATEWAYS=n gateways behind haproxy (drains the ones it stops)
+cluster-scale:
+	$(GO) build -o $(CLUSTER) ./deploy/cluster
+	$(CLUSTER) scale -gateways "$(GATEWAYS)"
+
+cluster-status:
+	$(GO) build -o $(CLUSTER) ./deploy/cluster
+	$(CLUSTER) status
+
+## cluster-cookbook: run the nats CLI cookbook's commands against the running make cluster
+cluster-cookbook: tools
+	$(GO) build -o $(CLUSTER) ./deploy/cluster
+	$(CLUSTER) cookbook
+
+## test-chaos: kill and restart parts of a real cluster under load; each test starts its own
+test-chaos: build cluster-tools tools
+	$(GO) test -tags chaos -count=1 -timeout 25m -v -run 'Chaos|Cookbook' ./deploy/cluster/
 
 clean:
 	rm -rf $(BIN)
