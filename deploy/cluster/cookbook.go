@@ -27,15 +27,14 @@ const cookbookHeading = "## nats CLI cookbook"
 // the cookbook says --count, and changes are made while it runs.
 const cookbookCommandTimeout = 20 * time.Second
 
-// defaultCookbook is the operations guide when it exists, else this
-// directory's README.
-func defaultCookbook() string {
-	if _, err := os.Stat("deploy/README.md"); err == nil {
-		if data, err := os.ReadFile("deploy/README.md"); err == nil && bytes.Contains(data, []byte(cookbookHeading)) {
-			return "deploy/README.md"
-		}
+// defaultCookbook is the operations guide below the repository root when
+// it has the cookbook section, else deploy/cluster/README.md.
+func defaultCookbook(root string) string {
+	guide := filepath.Join(root, "deploy", "README.md")
+	if data, err := os.ReadFile(guide); err == nil && bytes.Contains(data, []byte(cookbookHeading)) {
+		return guide
 	}
-	return "deploy/cluster/README.md"
+	return filepath.Join(root, "deploy", "cluster", "README.md")
 }
 
 // cookbookCommand is one command line of the cookbook and what it should do.

@@ -78,6 +78,8 @@ backend %[4]s
     option httpchk GET /readyz
     http-check expect status 200
     default-server inter 1s fastinter 500ms downinter 1s fall 2 rise 2
+    # Which gateway answered (curl -i shows it; the chaos tests count it).
+    http-response set-header X-Productwatch-Gateway %%[srv_name]
 `, filepath.Join(stateDir, "haproxy.sock"), spec.Ports.HTTPSAddr, filepath.Join(stateDir, "tls", "haproxy.pem"), haproxyBackend, haproxyMaxConn())
 	for _, i := range gateways {
 		fmt.Fprintf(&b, "    server %s %s check\n", gatewayServerName(i), loopback(spec.Ports.Gateway+i-1))
