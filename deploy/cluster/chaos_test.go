@@ -78,6 +78,11 @@ func freeBase(t *testing.T, spec Spec) Ports {
 // startCluster starts a cluster with n gateways for the test and stops it
 // at the end (printing the ends of its logs when the test failed).
 func startCluster(t *testing.T, gateways int) *chaosEnv {
+	return startClusterWith(t, gateways, []string{"STREAM_HISTORY=1000000", "STREAM_DUPLICATE_WINDOW=5s"})
+}
+
+// startClusterWith starts a cluster whose bridges get bridgeEnv.
+func startClusterWith(t *testing.T, gateways int, bridgeEnv []string) *chaosEnv {
 	t.Helper()
 	bin, err := programs()
 	if err != nil {
@@ -91,10 +96,10 @@ func startCluster(t *testing.T, gateways int) *chaosEnv {
 		Gateways:    gateways,
 		Bridges:     2,
 		DrainWindow: 2 * time.Second,
-		// Keep every change in the stream, so the test can compare it
-		// with the change log; and a short duplicate window, so only the
-		// bridge's own check keeps a republished change out.
-		BridgeEnv:  []string{"STREAM_HISTORY=1000000", "STREAM_DUPLICATE_WINDOW=5s", "LOG_LEVEL=info"},
+		// The chaos tests keep every change in the stream, so they can
+		// compare it with the change log, and use a short duplicate window,
+		// so only the bridge's own check keeps a republished change out.
+		BridgeEnv:  bridgeEnv,
 		GatewayEnv: []string{"LOG_LEVEL=info"},
 	}
 	spec.Ports = freeBase(t, spec)
@@ -173,6 +178,7 @@ func finish(t *testing.T, env *chaosEnv, f *fleet, w *writer, r *report, start t
 	t.Helper()
 	if f != nil {
 		verifyClients(t, env.db, f, r)
+		r.conflated, r.dropped = gatewayCounters(context.Background(), env.c)
 	}
 	verifyStream(t, env, r)
 	r.writes, r.writeFailures = w.ok.Load(), w.fail.Load()
@@ -417,7 +423,7 @@ func TestChaosScale(t *testing.T) {
 // TestCookbook runs the nats CLI cookbook against a cluster, as
 // make cluster-cookbook does against yours.
 func TestCookbook(t *testing.T) {
-	env := startCluster(t, 1)
+	env := startClusterWith(t, 1, nil) // the stream's default history: 8 changes per product, one page of stream view
 	cli, err := filepath.Abs(filepath.Join("..", "..", "bin", "nats"))
 	if err != nil {
 		t.Fatal(err)

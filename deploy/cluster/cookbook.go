@@ -163,7 +163,7 @@ func checkCookbook(ctx context.Context, out io.Writer, c *cluster, readme, natsC
 		raw, err := run.CombinedOutput()
 		cancel()
 		output := strings.ReplaceAll(string(raw), "\r\n", "\n")
-		ok := err == nil
+		ok := err == nil && !permissionDenied.MatchString(output)
 		if cmd.denied {
 			ok = permissionDenied.MatchString(output) // some refusals are reported while the CLI exits 0
 		}

@@ -350,6 +350,7 @@ type report struct {
 	recovery              map[string]time.Duration
 	maxOffline            time.Duration
 	clientErrors          int
+	conflated, dropped    float64 // the running gateways' productwatch_ws_conflated_total and clients_dropped_total
 	writes, writeFailures int64
 	elapsed               time.Duration
 }
@@ -362,7 +363,8 @@ func (r report) String() string {
 			r.finalOK, r.finalPairs, r.finalPairs-r.finalOK, r.stale, r.duplicates, r.clientErrors)
 		fmt.Fprintf(&b, "  clients: versions delivered/expected %d/%d (a resumed client gets the latest state, not each version it missed)\n",
 			r.delivered, r.committed)
-		fmt.Fprintf(&b, "  clients: longest time without a connection %v\n", r.maxOffline.Round(time.Millisecond))
+		fmt.Fprintf(&b, "  clients: longest time without a connection %v; the running gateways conflated %.0f events for clients behind, dropped %.0f clients\n",
+			r.maxOffline.Round(time.Millisecond), r.conflated, r.dropped)
 	}
 	fmt.Fprintf(&b, "  stream: delivered/expected %d/%d changes, missing %d, duplicates %d, not in the log %d\n",
 		r.streamHave, r.streamLog, r.streamMissing, r.streamDuplicates, r.streamExtra)
@@ -503,34 +505,44 @@ func verifyStream(t *testing.T, env *chaosEnv, r *report) {
 		}
 		time.Sleep(200 * time.Millisecond) // polling the stream until a deadline
 	}
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	// Read every message by its stream sequence (direct get, which the
+	// debug user may do), 8 requests at a time.
+	info, err := stream.Info(ctx)
 	if err != nil {
-		t.Fatalf("ordered consumer: %v", err)
+		t.Fatalf("stream info: %v", err)
 	}
 	seen := map[int64]int{}
-	for got := uint64(0); got < msgs; {
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			t.Fatalf("fetch after %d messages: %v", got, err)
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			seq, err := strconv.ParseInt(m.Headers().Get(jetstream.MsgIDHeader), 10, 64)
-			if err != nil {
-				t.Errorf("stream message on %s without a seq: %v", m.Subject(), err)
-				continue
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	next := make(chan uint64)
+	for range 8 {
+		wg.Go(func() {
+			for seq := range next {
+				m, err := stream.GetMsg(ctx, seq)
+				if errors.Is(err, jetstream.ErrMsgNotFound) {
+					continue
+				}
+				if err != nil {
+					t.Errorf("stream message %d: %v", seq, err)
+					continue
+				}
+				id, err := strconv.ParseInt(m.Header.Get(jetstream.MsgIDHeader), 10, 64)
+				mu.Lock()
+				if err != nil {
+					t.Errorf("stream message %d on %s without a seq: %v", seq, m.Subject, err)
+				} else {
+					seen[id]++
+				}
+				mu.Unlock()
 			}
-			seen[seq]++
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			t.Fatalf("fetch after %d messages: %v", got, err)
-		}
-		if n == 0 {
-			break
-		}
-		got += uint64(n)
+		})
 	}
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && seq > 0; seq++ {
+		next <- seq
+	}
+	close(next)
+	wg.Wait()
+	_ = msgs
 	inLog := map[int64]bool{}
 	for _, s := range logSeqs {
 		inLog[s] = true
@@ -570,4 +582,38 @@ func changeLogSeqs(t *testing.T, db *sql.DB) []int64 {
 		t.Fatal(err)
 	}
 	return seqs
+}
+
+// gatewayCounters sums two counters over the running gateways' metrics
+// (METRICS_ADDR, else the public port of a gateway that still serves them
+// there).
+func gatewayCounters(ctx context.Context, c *cluster) (conflated, dropped float64) {
+	for _, g := range c.st.Gateways {
+		if !g.Alive() {
+			continue
+		}
+		body, err := httpGet(ctx, "http://"+loopback(c.st.Spec.Ports.GatewayMetrics+g.Index-1)+"/metrics", nil)
+		if err != nil {
+			if body, err = httpGet(ctx, c.gatewayURL(g.Index)+"/metrics", nil); err != nil {
+				continue
+			}
+		}
+		for line := range strings.SplitSeq(body, "\n") {
+			name, value, ok := strings.Cut(line, " ")
+			if !ok {
+				continue
+			}
+			v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+			if err != nil {
+				continue
+			}
+			switch {
+			case name == "productwatch_ws_conflated_total":
+				conflated += v
+			case strings.HasPrefix(name, "productwatch_ws_clients_dropped_total"):
+				dropped += v
+			}
+		}
+	}
+	return conflated, dropped
 }

@@ -41,7 +41,13 @@ var userPermissions = map[string]permissions{
 			"$JS.API.DIRECT.GET.PRODUCTS", "$JS.API.DIRECT.GET.PRODUCTS.>",
 			"$JS.API.CONSUMER.CREATE.PRODUCTS", "$JS.API.CONSUMER.CREATE.PRODUCTS.>",
 			"$JS.API.CONSUMER.INFO.PRODUCTS.>", "$JS.API.CONSUMER.MSG.NEXT.PRODUCTS.>",
-			"$JS.FC.PRODUCTS.>"},
+			// nats stream view reads through a consumer of its own: it
+			// acknowledges what it shows and deletes the consumer when
+			// done. Neither removes a message (the stream keeps messages by
+			// limits, not by acknowledgement).
+			"$JS.ACK.PRODUCTS.>", "$JS.API.CONSUMER.DELETE.PRODUCTS.>",
+			"$JS.FC.PRODUCTS.>",
+			"$SYS.REQ.USER.INFO"}, // nats account info: who am I
 		subscribe: []string{"product.>", "_INBOX.>"},
 	},
 }
