@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -61,11 +62,13 @@ var programs = sync.OnceValues(func() (string, error) {
 	return dir, os.Symlink(natsServer, filepath.Join(dir, "nats-server"))
 })
 
-// freeBase finds a block of 100 free loopback ports for a cluster.
+// freeBase finds a block of 100 free loopback ports for a cluster, below
+// the kernel's ephemeral range (32768-), where the local ends of outgoing
+// connections (this machine runs load generators) would take ports away.
 func freeBase(t *testing.T, spec Spec) Ports {
 	t.Helper()
 	for range 50 {
-		base := 20000 + 100*rand.IntN(300)
+		base := 20000 + 100*rand.IntN(120)
 		spec.Ports = PortsFrom(base)
 		if checkPortsFree(spec) == nil {
 			return spec.Ports
@@ -438,4 +441,14 @@ func TestCookbook(t *testing.T) {
 	if err := checkCookbook(ctx, out, env.c, readme, cli); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// restartNode starts node i again after it stopped or was killed, and
+// waits until it is healthy.
+func (c *cluster) restartNode(ctx context.Context, i int) error {
+	c.st.NATS = slices.DeleteFunc(c.st.NATS, func(n Node) bool { return n.Index == i })
+	if err := c.startNode(ctx, i); err != nil {
+		return err
+	}
+	return c.waitNode(ctx, i)
 }

@@ -241,16 +241,6 @@ func (c *cluster) node(i int) *Node {
 	return nil
 }
 
-// RestartNode starts node i again after it stopped or was killed, and
-// waits until it is healthy.
-func (c *cluster) restartNode(ctx context.Context, i int) error {
-	c.st.NATS = slices.DeleteFunc(c.st.NATS, func(n Node) bool { return n.Index == i })
-	if err := c.startNode(ctx, i); err != nil {
-		return err
-	}
-	return c.waitNode(ctx, i)
-}
-
 // bridgeEnv is the environment of bridge i.
 func (c *cluster) bridgeEnv(i int) []string {
 	p := c.st.Spec.Ports
@@ -276,12 +266,6 @@ func (c *cluster) startBridge(ctx context.Context, i int) error {
 		return err
 	}
 	return waitOK(ctx, p, "http://"+loopback(c.st.Spec.Ports.BridgeMetrics+i-1)+"/readyz", nil)
-}
-
-// restartBridge starts bridge i again after it stopped or was killed.
-func (c *cluster) restartBridge(ctx context.Context, i int) error {
-	c.st.Bridges = slices.DeleteFunc(c.st.Bridges, func(m Member) bool { return m.Index == i })
-	return c.startBridge(ctx, i)
 }
 
 // gatewayEnv is the environment of gateway i: plain HTTP on its loopback
