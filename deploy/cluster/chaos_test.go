@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -185,7 +186,21 @@ func finish(t *testing.T, env *chaosEnv, f *fleet, w *writer, r *report, start t
 	}
 	verifyStream(t, env, r)
 	r.writes, r.writeFailures = w.ok.Load(), w.fail.Load()
+	w.mu.Lock()
+	r.writeErrors = w.failures
+	w.mu.Unlock()
 	r.elapsed = time.Since(start)
+	if r.writeFailures > 0 {
+		// What the gateways said about the failed writes.
+		for _, p := range env.c.allProcs() {
+			data, _ := os.ReadFile(p.Log)
+			for line := range strings.SplitSeq(string(data), "\n") {
+				if strings.Contains(line, "level=ERROR") {
+					t.Logf("%s: %s", p.Name, line)
+				}
+			}
+		}
+	}
 	t.Log("\n" + r.String())
 	fmt.Print(r.String()) // also on stdout, for make test-chaos's summary
 	switch {

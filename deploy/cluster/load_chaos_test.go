@@ -271,6 +271,9 @@ type writer struct {
 	rest     *restWriter // nil: SQL
 	db       *sql.DB
 	ok, fail atomic.Int64
+
+	mu       sync.Mutex
+	failures []string // the first few errors, for the report
 }
 
 // run makes changes with `workers` goroutines, each at most perWorker per
@@ -304,6 +307,11 @@ func (w *writer) run(ctx context.Context, workers int, perWorker float64, d time
 				cancelReq()
 				if err != nil {
 					w.fail.Add(1)
+					w.mu.Lock()
+					if len(w.failures) < 5 {
+						w.failures = append(w.failures, err.Error())
+					}
+					w.mu.Unlock()
 					continue
 				}
 				w.ok.Add(1)
@@ -352,6 +360,7 @@ type report struct {
 	clientErrors          int
 	conflated, dropped    float64 // the running gateways' productwatch_ws_conflated_total and clients_dropped_total
 	writes, writeFailures int64
+	writeErrors           []string
 	elapsed               time.Duration
 }
 
@@ -369,6 +378,9 @@ func (r report) String() string {
 	fmt.Fprintf(&b, "  stream: delivered/expected %d/%d changes, missing %d, duplicates %d, not in the log %d\n",
 		r.streamHave, r.streamLog, r.streamMissing, r.streamDuplicates, r.streamExtra)
 	fmt.Fprintf(&b, "  writes: %d committed, %d failed (refused or cut by the fault: not committed, or committed and in the log)\n", r.writes, r.writeFailures)
+	for _, e := range r.writeErrors {
+		fmt.Fprintf(&b, "  write error: %s\n", e)
+	}
 	keys := make([]string, 0, len(r.recovery))
 	for k := range r.recovery {
 		keys = append(keys, k)
