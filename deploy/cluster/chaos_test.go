@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -393,6 +394,11 @@ func TestChaosRollingRestart(t *testing.T) {
 		t.Logf("gateway %d restarted in %v; per gateway: %v", i, time.Since(t0).Round(time.Millisecond), f.byGateway())
 	}
 	r.recovery["the whole rolling restart"] = time.Since(rollStart)
+	if n := goingAway(f); n < 300 {
+		t.Errorf("%d connections closed with 1001 during the rolling restart; every client's connection should have been drained at least once", n)
+	} else {
+		t.Logf("%d connections closed by a draining gateway with 1001", n)
+	}
 	waitFor(t, 60*time.Second, "every client to be subscribed", func() bool { return f.connectedCount() == 300 })
 	cancel()
 	load.Wait()
@@ -431,7 +437,10 @@ func TestChaosScale(t *testing.T) {
 	waitFor(t, 60*time.Second, "every client to be subscribed", func() bool {
 		return f.connectedCount() == len(f.clients) && extra.connectedCount() == len(extra.clients)
 	})
-	t.Logf("with 2 gateways: %v + %v", f.byGateway(), extra.byGateway())
+	t.Logf("with 2 gateways: %v + %v; %d connections closed with 1001 by draining gateways", f.byGateway(), extra.byGateway(), goingAway(f)+goingAway(extra))
+	if goingAway(f)+goingAway(extra) == 0 {
+		t.Error("no connection was closed with 1001 while three gateways drained")
+	}
 	cancel()
 	load.Wait()
 	all := &fleet{clients: append(append([]*wsClient{}, f.clients...), extra.clients...)}
@@ -466,4 +475,16 @@ func (c *cluster) restartNode(ctx context.Context, i int) error {
 		return err
 	}
 	return c.waitNode(ctx, i)
+}
+
+// goingAway counts the connections the gateways closed with 1001 (going
+// away: the drain of a gateway shutting down).
+func goingAway(f *fleet) int {
+	n := 0
+	for _, c := range f.clients {
+		c.mu.Lock()
+		n += c.closeCodes[websocket.StatusGoingAway]
+		c.mu.Unlock()
+	}
+	return n
 }
