@@ -94,10 +94,15 @@ func startClusterWith(t *testing.T, gateways int, bridgeEnv []string) *chaosEnv 
 		t.Fatal(err)
 	}
 	pg := testenv.Postgres(t)
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
 	spec := Spec{
 		StateDir:    t.TempDir(),
 		BinDir:      bin,
 		DatabaseURL: pg.DSN,
+		NATSAuthDir: filepath.Join(root, "deploy", "nats"),
 		Gateways:    gateways,
 		Bridges:     2,
 		DrainWindow: 2 * time.Second,

@@ -183,17 +183,56 @@ func (c *cluster) startNode(_ context.Context, i int) error {
 	if err := os.MkdirAll(store, 0o700); err != nil {
 		return err
 	}
+	include, err := c.copyAuthConf()
+	if err != nil {
+		return err
+	}
+	var env []string
+	if include != "" {
+		env = authEnv(c.creds)
+	}
 	conf := filepath.Join(c.st.Spec.StateDir, fmt.Sprintf("nats-n%d.conf", i))
-	if err := os.WriteFile(conf, []byte(nodeConfig(c.st.Spec, i, store, c.creds)), 0o600); err != nil {
+	if err := os.WriteFile(conf, []byte(nodeConfig(c.st.Spec, i, store, c.creds, include)), 0o600); err != nil {
 		return err
 	}
 	name := fmt.Sprintf("nats-n%d", i)
-	p, err := startProc(name, c.binary("nats-server"), []string{"-c", conf}, nil, c.logPath(name))
+	p, err := startProc(name, c.binary("nats-server"), []string{"-c", conf}, env, c.logPath(name))
 	if err != nil {
 		return err
 	}
 	c.st.NATS = append(c.st.NATS, Node{Proc: p, Index: i})
 	return c.st.save()
+}
+
+// copyAuthConf copies the repository's NATS users and permissions
+// (auth.conf and permissions.conf in Spec.NATSAuthDir, the ones compose and
+// Kubernetes use) beside the node configurations and returns the path to
+// include, relative to them; "" when the repository has none.
+func (c *cluster) copyAuthConf() (string, error) {
+	if c.st.Spec.NATSAuthDir == "" {
+		return "", nil
+	}
+	var files [][]byte
+	for _, name := range []string{"auth.conf", "permissions.conf"} {
+		data, err := os.ReadFile(filepath.Join(c.st.Spec.NATSAuthDir, name))
+		if errors.Is(err, os.ErrNotExist) {
+			return "", nil
+		}
+		if err != nil {
+			return "", err
+		}
+		files = append(files, data)
+	}
+	dir := filepath.Join(c.st.Spec.StateDir, "nats-auth")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	for i, name := range []string{"auth.conf", "permissions.conf"} {
+		if err := os.WriteFile(filepath.Join(dir, name), files[i], 0o600); err != nil {
+			return "", err
+		}
+	}
+	return filepath.Join("nats-auth", "auth.conf"), nil
 }
 
 // waitNode waits until node i answers /healthz with JetStream ready; the

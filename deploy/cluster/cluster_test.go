@@ -26,7 +26,7 @@ func TestNodeConfig(t *testing.T) {
 	spec := Spec{Ports: DefaultPorts()}
 	path := filepath.Join(t.TempDir(), "n2.conf")
 	store := filepath.Join(t.TempDir(), "store")
-	if err := os.WriteFile(path, []byte(nodeConfig(spec, 2, store, testCreds())), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(nodeConfig(spec, 2, store, testCreds(), "")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	opts, err := server.ProcessConfigFile(path)

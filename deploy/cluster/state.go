@@ -22,6 +22,7 @@ type Spec struct {
 	BinDir      string `json:"binDir"`      // bridge, gateway, nats-server; default bin
 	DatabaseURL string `json:"databaseURL"` // empty: found or started as make run does
 	Database    string `json:"database"`    // database created on the found server; default productwatch_cluster
+	NATSAuthDir string `json:"natsAuthDir"` // deploy/nats: auth.conf and permissions.conf, when the repository has them
 
 	Ports Ports `json:"ports"`
 
