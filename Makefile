@@ -111,7 +111,7 @@ cluster-down:
 ## cluster-scale: GATEWAYS=n gateways behind haproxy (drains the ones it stops)
 cluster-scale:
 	$(GO) build -o $(CLUSTER) ./deploy/cluster
-	$(CLUSTER) scale -gateways "$(GATEWAYS)"
+	$(CLUSTER) scale $(if $(GATEWAYS),-gateways $(GATEWAYS))
 
 cluster-status:
 	$(GO) build -o $(CLUSTER) ./deploy/cluster
