@@ -122,6 +122,9 @@ func run(ctx context.Context, command string, args []string, out io.Writer, logg
 	if err != nil {
 		return err
 	}
+	if command == "scale" && !o.gatewaysSet {
+		return errors.New("scale: say how many gateways: -gateways N (make cluster-scale GATEWAYS=N)")
+	}
 	if err := os.MkdirAll(o.spec.StateDir, 0o700); err != nil {
 		return err
 	}
@@ -154,9 +157,6 @@ func run(ctx context.Context, command string, args []string, out io.Writer, logg
 		printStatus(ctx, out, c)
 		return nil
 	case "scale":
-		if !o.gatewaysSet {
-			return errors.New("scale: say how many gateways: -gateways N (make cluster-scale GATEWAYS=N)")
-		}
 		if err := c.scale(ctx, o.spec.Gateways); err != nil {
 			return err
 		}
