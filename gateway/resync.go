@@ -43,6 +43,10 @@ func (q *resyncQueue) lost(sub *nats.Subscription) {
 	if sub == nil || len(sub.Subject) <= len(change.SubjectPrefix) {
 		return
 	}
+	if sub.Subject == change.SubjectPrefix+"*" { // the watch-all subscription (watchall.go)
+		q.requestAll()
+		return
+	}
 	id, err := strconv.ParseInt(sub.Subject[len(change.SubjectPrefix):], 10, 64)
 	if err != nil {
 		return
@@ -94,6 +98,7 @@ func (r *resyncer) run(ctx context.Context) {
 		all, ids := r.queue.take()
 		if all {
 			ids = r.hub.Watched()
+			r.hub.MissedAll() // watch-all clients resume by seq themselves (watchall.go)
 		}
 		if len(ids) == 0 {
 			continue

@@ -67,6 +67,9 @@ func newWebAssets(hstsMaxAge int) (*webAssets, error) {
 		if strings.HasSuffix(name, ".js") {
 			a.contentType = "text/javascript; charset=utf-8"
 		}
+		if strings.HasSuffix(name, ".d.ts") { // the JS client's type declarations, for editors and tsc
+			a.contentType = "application/typescript; charset=utf-8"
+		}
 		var buf bytes.Buffer
 		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
 		_, _ = zw.Write(body)

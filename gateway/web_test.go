@@ -120,6 +120,18 @@ func TestPageEarlyHintsAndHeaders(t *testing.T) {
 	if resp.StatusCode != http.StatusNotModified {
 		t.Errorf("revalidation = %d, want 304", resp.StatusCode)
 	}
+
+	// The JS client's type declarations are served next to it.
+	resp, err = h2Client().Get(base + "/productwatch.d.ts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dts, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/typescript; charset=utf-8" ||
+		!strings.Contains(string(dts), "export class ProductWatch extends EventTarget") {
+		t.Errorf("productwatch.d.ts = %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
 }
 
 // TestServerPush uses nghttp (Debian's nghttp2-client, installed by make

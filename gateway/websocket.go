@@ -201,6 +201,7 @@ type wsConn struct {
 	ws     *websocket.Conn
 	outbox *hub.Outbox
 	subs   map[int64]struct{}
+	all    *allClient // watching every product (watchall.go); owned by the reader
 	limit  *rate.Limiter
 
 	reason   atomic.Pointer[closeReason] // why the gateway closed it; the first reason wins
@@ -270,6 +271,7 @@ func (c *wsConn) run(base context.Context) {
 		ids = append(ids, id)
 	}
 	c.srv.hub.Unsubscribe(c.outbox, ids)
+	c.stopWatchingAll()
 	c.srv.metrics.subscriptions.Sub(float64(len(ids)))
 	if r := c.reason.Load(); r != nil {
 		c.srv.metrics.dropped.WithLabelValues(r.metric).Inc()
@@ -308,10 +310,12 @@ func (c *wsConn) read(ctx context.Context) error {
 			c.answerError(perr.ID, perr.Code, perr.Message, nil)
 			continue
 		}
-		switch cmd.Name {
-		case protocol.Subscribe:
+		switch {
+		case cmd.All:
+			c.watchAll(ctx, cmd)
+		case cmd.Name == protocol.Subscribe:
 			c.subscribe(ctx, cmd)
-		case protocol.Unsubscribe:
+		case cmd.Name == protocol.Unsubscribe:
 			c.unsubscribe(cmd)
 		}
 	}

@@ -57,6 +57,7 @@ func newWSMetrics(reg prometheus.Registerer, h *hub.Hub) *wsMetrics {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: ns + "deliveries_total",
 			Help: "Events handed to connections' queues (one per subscriber)."}, func() float64 { return float64(h.Delivered()) }),
 	)
+	reg.MustRegister(allMetrics(h)...)
 	return m
 }
 

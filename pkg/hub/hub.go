@@ -46,6 +46,7 @@ type Hub struct {
 	opts        Options
 	shards      []shard
 	dispatchers []chan *nats.Msg
+	all         *allWatchers // the watch-all subscribers (all.go)
 	products    atomic.Int64 // products with a NATS subscription
 	received    atomic.Int64 // messages received from NATS
 	delivered   atomic.Int64 // deliveries to subscribers
@@ -84,7 +85,7 @@ func New(nc *nats.Conn, opts Options) *Hub {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	h := &Hub{nc: nc, opts: opts, shards: make([]shard, opts.Shards), dispatchers: make([]chan *nats.Msg, opts.Dispatchers)}
+	h := &Hub{nc: nc, opts: opts, shards: make([]shard, opts.Shards), dispatchers: make([]chan *nats.Msg, opts.Dispatchers), all: newAllWatchers()}
 	for i := range h.shards {
 		h.shards[i].products = make(map[int64]*entry)
 	}
@@ -107,6 +108,7 @@ func (h *Hub) Run(ctx context.Context) error {
 		wg.Go(func() { h.dispatch(ctx, ch) })
 	}
 	wg.Wait()
+	h.closeAll()
 	for i := range h.shards {
 		s := &h.shards[i]
 		s.mu.Lock()
@@ -141,6 +143,10 @@ func (h *Hub) deliver(msg *nats.Msg) {
 	version, ok := change.EventVersion(msg.Data)
 	if !ok {
 		h.opts.Logger.Warn("message without a version; dropped", "subject", msg.Subject)
+		return
+	}
+	if h.isAll(msg) {
+		h.deliverAll(id, version, msg.Data)
 		return
 	}
 	s := h.shard(id)

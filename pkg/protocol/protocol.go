@@ -53,6 +53,14 @@ type Command struct {
 	// Versions are the versions the client already has, by product id
 	// (resume: only what moved on since is sent). Every key is in ProductIDs.
 	Versions map[int64]int64
+	// All is a watch-all command ({"all":true}): every product, present
+	// and future. ProductIDs, Snapshot and Versions are then empty (the
+	// snapshot of all products is the REST list).
+	All bool
+	// Since is, for a watch-all subscribe, the highest change seq the
+	// client has seen: every change with a higher seq is sent from the
+	// change log. -1 when absent.
+	Since int64
 }
 
 // Error is a refused command: its code, a message for people, and the id
@@ -67,7 +75,9 @@ func (e *Error) Error() string { return e.Code + ": " + e.Message }
 
 // Decode parses one text frame as a command, strictly: a JSON object with
 // the fields command, productIDs, and optionally id, snapshot and versions;
-// at most maxIDs product ids. Errors are *Error.
+// at most maxIDs product ids. A watch-all command has "all":true instead of
+// productIDs (and, with subscribe, optionally "since"; see decodeAll).
+// Errors are *Error.
 func Decode(data []byte, maxIDs int) (Command, error) {
 	var obj map[string]json.RawMessage
 	if !utf8.Valid(data) {
@@ -76,7 +86,7 @@ func Decode(data []byte, maxIDs int) (Command, error) {
 	if err := json.Unmarshal(data, &obj); err != nil || obj == nil {
 		return Command{}, &Error{Code: CodeInvalidJSON, Message: `a command is a JSON object like {"command":"subscribe","productIDs":[1,2]}`}
 	}
-	var cmd Command
+	cmd := Command{Since: -1}
 	if raw, ok := obj["id"]; ok && !isNull(raw) {
 		if len(raw) > MaxIDLength || (raw[0] != '"' && !isNumber(raw)) {
 			return Command{}, &Error{Code: CodeInvalidCommand, Message: fmt.Sprintf("id must be a string or a number of at most %d bytes", MaxIDLength)}
@@ -88,9 +98,9 @@ func Decode(data []byte, maxIDs int) (Command, error) {
 	}
 	for name := range obj {
 		switch name {
-		case "id", "command", "productIDs", "snapshot", "versions":
+		case "id", "command", "productIDs", "snapshot", "versions", "all", "since":
 		default:
-			return fail(CodeInvalidCommand, "unknown field %q (known: command, productIDs, id, snapshot, versions)", name)
+			return fail(CodeInvalidCommand, "unknown field %q (known: command, productIDs, all, id, snapshot, versions, since)", name)
 		}
 	}
 	if err := json.Unmarshal(obj["command"], &cmd.Name); err != nil || cmd.Name == "" {
@@ -98,6 +108,17 @@ func Decode(data []byte, maxIDs int) (Command, error) {
 	}
 	if cmd.Name != Subscribe && cmd.Name != Unsubscribe {
 		return fail(CodeUnknownCommand, "unknown command %q: use subscribe or unsubscribe", truncate(cmd.Name, 40))
+	}
+	if raw, ok := obj["all"]; ok && !isNull(raw) {
+		if err := json.Unmarshal(raw, &cmd.All); err != nil {
+			return fail(CodeInvalidCommand, `"all" must be true or false`)
+		}
+	}
+	if cmd.All {
+		return decodeAll(obj, cmd, fail)
+	}
+	if raw, ok := obj["since"]; ok && !isNull(raw) {
+		return fail(CodeInvalidCommand, `"since" only goes with {"command":"subscribe","all":true}`)
 	}
 	rawIDs, ok := obj["productIDs"]
 	if !ok || isNull(rawIDs) {
@@ -151,6 +172,30 @@ func Decode(data []byte, maxIDs int) (Command, error) {
 	return cmd, nil
 }
 
+// decodeAll checks a watch-all command: productIDs, snapshot and versions
+// do not go with it (the snapshot of everything is the REST list, and a
+// resume is by seq); since, only with subscribe, is an integer >= 0.
+func decodeAll(obj map[string]json.RawMessage, cmd Command, fail func(code, format string, args ...any) (Command, error)) (Command, error) {
+	for _, name := range []string{"productIDs", "snapshot", "versions"} {
+		if raw, ok := obj[name]; ok && !isNull(raw) {
+			return fail(CodeInvalidCommand, `%q does not go with "all":true (the snapshot of all products is GET /products; resume with "since")`, name)
+		}
+	}
+	raw, ok := obj["since"]
+	if !ok || isNull(raw) {
+		return cmd, nil
+	}
+	if cmd.Name != Subscribe {
+		return fail(CodeInvalidCommand, `"since" only goes with subscribe`)
+	}
+	since, err := strconv.ParseInt(string(raw), 10, 64)
+	if err != nil || since < 0 {
+		return fail(CodeInvalidCommand, `"since" must be a change seq: an integer from 0 to %d`, int64(math.MaxInt64))
+	}
+	cmd.Since = since
+	return cmd, nil
+}
+
 // parseID parses a product id, a JSON integer (or, as an object key, its
 // decimal text) from 1 to MaxInt64.
 func parseID(s string) (int64, error) {
@@ -187,6 +232,38 @@ func AppendAck(dst []byte, id json.RawMessage, command string, productIDs []int6
 	dst = append(dst, `,"productIDs":`...)
 	dst = appendIDs(dst, productIDs)
 	return append(dst, '}')
+}
+
+// AppendAllAck appends the answer to a watch-all command,
+// {"type":"ack","id":…,"command":…,"productIDs":[],"all":true}, with
+// "since" when the subscribe resumes (since >= 0) and "seq" when position
+// is > 0: the change log's newest seq when the subscription began, from
+// which the client may resume if no change reaches it before it leaves.
+func AppendAllAck(dst []byte, id json.RawMessage, command string, since, position int64) []byte {
+	dst = append(dst, `{"type":"ack"`...)
+	dst = appendID(dst, id)
+	dst = append(dst, `,"command":`...)
+	dst = strconv.AppendQuote(dst, command)
+	dst = append(dst, `,"productIDs":[],"all":true`...)
+	if since >= 0 {
+		dst = append(dst, `,"since":`...)
+		dst = strconv.AppendInt(dst, since, 10)
+	}
+	if position > 0 {
+		dst = append(dst, `,"seq":`...)
+		dst = strconv.AppendInt(dst, position, 10)
+	}
+	return append(dst, '}')
+}
+
+// AppendAllError appends an error about the watch-all subscription,
+// {"type":"error","id":…,"code":…,"message":…,"all":true}: with
+// CodeResync, the client must reload the product list (the change log no
+// longer holds every change after its since) or resume with since (live
+// changes may have been missed).
+func AppendAllError(dst []byte, id json.RawMessage, code, message string) []byte {
+	dst = AppendError(dst, id, code, message, nil)
+	return append(dst[:len(dst)-1], `,"all":true}`...)
 }
 
 // AppendError appends {"type":"error","id":…,"code":…,"message":…} to dst,

@@ -29,7 +29,22 @@ func TestDecode(t *testing.T) {
 		{name: "unknown command", frame: `{"command":"subscribeAll","productIDs":[1],"id":"x"}`, wantCode: CodeUnknownCommand, wantID: `"x"`},
 		{name: "no command", frame: `{"productIDs":[1]}`, wantCode: CodeInvalidCommand},
 		{name: "command not a string", frame: `{"command":1,"productIDs":[1]}`, wantCode: CodeInvalidCommand},
-		{name: "unknown field", frame: `{"command":"subscribe","productIDs":[1],"all":true}`, wantCode: CodeInvalidCommand},
+		{name: "unknown field", frame: `{"command":"subscribe","productIDs":[1],"every":true}`, wantCode: CodeInvalidCommand},
+		{name: "all", frame: `{"command":"subscribe","all":true}`, want: "subscribe [] false map[]  all since -1"},
+		{name: "all since", frame: `{"command":"subscribe","all":true,"since":42,"id":"r"}`, want: `subscribe [] false map[] "r" all since 42`},
+		{name: "all since zero", frame: `{"command":"subscribe","all":true,"since":0}`, want: "subscribe [] false map[]  all since 0"},
+		{name: "unsubscribe all", frame: `{"command":"unsubscribe","all":true}`, want: "unsubscribe [] false map[]  all since -1"},
+		{name: "all false is per product", frame: `{"command":"subscribe","all":false,"productIDs":[1]}`, want: "subscribe [1] false map[] "},
+		{name: "all with ids", frame: `{"command":"subscribe","all":true,"productIDs":[1]}`, wantCode: CodeInvalidCommand},
+		{name: "all with snapshot", frame: `{"command":"subscribe","all":true,"snapshot":true}`, wantCode: CodeInvalidCommand},
+		{name: "all with versions", frame: `{"command":"subscribe","all":true,"versions":{"1":1}}`, wantCode: CodeInvalidCommand},
+		{name: "all not bool", frame: `{"command":"subscribe","all":1}`, wantCode: CodeInvalidCommand},
+		{name: "since without all", frame: `{"command":"subscribe","productIDs":[1],"since":3}`, wantCode: CodeInvalidCommand},
+		{name: "since negative", frame: `{"command":"subscribe","all":true,"since":-1}`, wantCode: CodeInvalidCommand},
+		{name: "since fraction", frame: `{"command":"subscribe","all":true,"since":1.5}`, wantCode: CodeInvalidCommand},
+		{name: "since too big", frame: `{"command":"subscribe","all":true,"since":9223372036854775808}`, wantCode: CodeInvalidCommand},
+		{name: "since as string", frame: `{"command":"subscribe","all":true,"since":"3"}`, wantCode: CodeInvalidCommand},
+		{name: "since on unsubscribe", frame: `{"command":"unsubscribe","all":true,"since":3}`, wantCode: CodeInvalidCommand},
 		{name: "no ids", frame: `{"command":"subscribe"}`, wantCode: CodeInvalidCommand},
 		{name: "ids not an array", frame: `{"command":"subscribe","productIDs":"1"}`, wantCode: CodeInvalidProductID},
 		{name: "id zero", frame: `{"command":"subscribe","productIDs":[0]}`, wantCode: CodeInvalidProductID},
@@ -66,6 +81,9 @@ func TestDecode(t *testing.T) {
 				ids = []int64{}
 			}
 			got := fmt.Sprintf("%s %v %v %v %s", cmd.Name, ids, cmd.Snapshot, cmd.Versions, cmd.ID)
+			if cmd.All {
+				got += fmt.Sprintf(" all since %d", cmd.Since)
+			}
 			if got != tc.want {
 				t.Errorf("Decode = %q, want %q", got, tc.want)
 			}
@@ -77,6 +95,15 @@ func TestAppend(t *testing.T) {
 	ack := AppendAck(nil, json.RawMessage(`"a 1"`), Subscribe, []int64{1, 2})
 	if string(ack) != `{"type":"ack","id":"a 1","command":"subscribe","productIDs":[1,2]}` {
 		t.Errorf("ack %s", ack)
+	}
+	if a := AppendAllAck(nil, nil, Subscribe, 12, 30); string(a) != `{"type":"ack","command":"subscribe","productIDs":[],"all":true,"since":12,"seq":30}` {
+		t.Errorf("all ack %s", a)
+	}
+	if a := AppendAllAck(nil, json.RawMessage(`1`), Unsubscribe, -1, 0); string(a) != `{"type":"ack","id":1,"command":"unsubscribe","productIDs":[],"all":true}` {
+		t.Errorf("all ack %s", a)
+	}
+	if a := AppendAllError(nil, nil, CodeResync, "reload"); string(a) != `{"type":"error","code":"resync","message":"reload","all":true}` {
+		t.Errorf("all error %s", a)
 	}
 	e := AppendError(nil, nil, CodeRateLimited, `slow "down"`, nil)
 	if string(e) != `{"type":"error","code":"rate_limited","message":"slow \"down\""}` {
@@ -98,6 +125,9 @@ func FuzzDecode(f *testing.F) {
 		`{"command":"subscribe","productIDs":[1],"versions":{"1":7},"snapshot":true,"id":"x"}`,
 		`{"id":1e3,"command":"subscribe","productIDs":[]}`, `[]`, `null`, `{"command":"subscribe","productIDs":[9223372036854775807]}`,
 		`{"command":"subscribe","productIDs":[1],"versions":{"01":1}}`, "{\"id\":\"\\u0000\",\"command\":\"x\"}",
+		`{"command":"subscribe","all":true}`, `{"command":"subscribe","all":true,"since":7,"id":"r"}`,
+		`{"command":"unsubscribe","all":true}`, `{"command":"subscribe","all":true,"since":-1}`,
+		`{"command":"subscribe","all":true,"productIDs":[1]}`, `{"command":"subscribe","all":false,"since":0,"productIDs":[]}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -116,6 +146,13 @@ func FuzzDecode(f *testing.F) {
 		}
 		if cmd.Name != Subscribe && cmd.Name != Unsubscribe || len(cmd.ProductIDs) > 100 {
 			t.Fatalf("accepted %+v", cmd)
+		}
+		if cmd.All && (len(cmd.ProductIDs) > 0 || cmd.Snapshot || len(cmd.Versions) > 0 || cmd.Since < -1 || cmd.Name == Unsubscribe && cmd.Since != -1) ||
+			!cmd.All && cmd.Since != -1 {
+			t.Fatalf("watch-all fields do not fit: %+v", cmd)
+		}
+		if !json.Valid(AppendAllAck(nil, cmd.ID, cmd.Name, cmd.Since, 5)) || !json.Valid(AppendAllError(nil, cmd.ID, CodeResync, "x")) {
+			t.Fatalf("watch-all answers are not JSON for id %q", cmd.ID)
 		}
 		for i, id := range cmd.ProductIDs {
 			if id < 1 || i > 0 && id <= cmd.ProductIDs[i-1] {
