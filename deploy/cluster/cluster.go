@@ -41,6 +41,9 @@ func (c *cluster) logPath(name string) string {
 // up starts everything the spec asks for, saving the state after each
 // process so that down can stop what a failed up left running.
 func up(ctx context.Context, spec Spec, logger *slog.Logger) (*cluster, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	if err := os.MkdirAll(filepath.Join(spec.StateDir, "logs"), 0o700); err != nil {
 		return nil, err
 	}

@@ -338,3 +338,32 @@ func TestParseFlags(t *testing.T) {
 		t.Errorf("scale without a cluster: %v, want errNoCluster", err)
 	}
 }
+
+// TestUpRefusesARunningCluster: a state whose processes still run (here,
+// this test process) is not overwritten by a second up.
+func TestUpRefusesARunningCluster(t *testing.T) {
+	dir := t.TempDir()
+	start, err := procStartTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &State{Spec: Spec{StateDir: dir}, Gateways: []Member{{Proc: Proc{Name: "gateway1", PID: os.Getpid(), StartTime: start}, Index: 1}}}
+	if err := st.save(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = up(t.Context(), Spec{StateDir: dir, BinDir: t.TempDir(), Ports: DefaultPorts(), Gateways: 1, Bridges: 1}, nil)
+	if err == nil || !strings.Contains(err.Error(), "already running") || !strings.Contains(err.Error(), "gateway1") {
+		t.Errorf("up over a running cluster: %v", err)
+	}
+	// The same state with a PID the kernel has since given to another
+	// program (another start time) is stale: up goes on (and fails here
+	// for want of the programs, naming them).
+	st.Gateways[0].StartTime++
+	if err := st.save(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = up(t.Context(), Spec{StateDir: dir, BinDir: t.TempDir(), Ports: DefaultPorts(), Gateways: 1, Bridges: 1}, nil)
+	if err == nil || !strings.Contains(err.Error(), "bridge missing") {
+		t.Errorf("up over a stale state without programs: %v", err)
+	}
+}
