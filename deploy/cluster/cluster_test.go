@@ -269,6 +269,10 @@ func TestParseCookbook(t *testing.T) {
 			[]cookbookCommand{{line: "nats sub 'product.>' --count 3"}}, false},
 		{"no section", "## Other\n```sh\nnats rtt\n```\n", nil, true},
 		{"other languages ignored", "## nats CLI cookbook\n```json\nnats x\n```\n", nil, true},
+		{"a console block closes", "## nats CLI cookbook\n```console\n. env\n```\ntext\nnats --server x stream info\n```sh\nnats rtt\n```\n",
+			[]cookbookCommand{{line: "nats rtt"}}, false},
+		{"a heading inside a block is text", "## nats CLI cookbook\n```sh\nnats rtt\n```\n```text\n## not a heading\n```\n```sh\nnats stream ls\n```\n",
+			[]cookbookCommand{{line: "nats rtt"}, {line: "nats stream ls"}}, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -49,16 +49,19 @@ type cookbookCommand struct {
 func parseCookbook(r io.Reader) ([]cookbookCommand, error) {
 	var cmds []cookbookCommand
 	sc := bufio.NewScanner(r)
-	inSection, inBlock := false, false
+	inSection, inFence, inBlock := false, false, false
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
+		case strings.HasPrefix(line, "```"):
+			// A fence opens or closes a block; only sh blocks (or blocks
+			// without a language) of the section hold commands.
+			inFence = !inFence
+			inBlock = inFence && inSection && (strings.TrimSpace(line) == "```sh" || strings.TrimSpace(line) == "```")
+		case inFence && !inBlock:
 		case strings.HasPrefix(line, "## "):
 			inSection = strings.TrimSpace(line) == cookbookHeading
-			inBlock = false
 		case !inSection:
-		case strings.HasPrefix(line, "```"):
-			inBlock = !inBlock && (strings.TrimSpace(line) == "```sh" || strings.TrimSpace(line) == "```")
 		case inBlock && strings.HasPrefix(strings.TrimSpace(line), "nats "):
 			text := strings.TrimSpace(line)
 			cmd := cookbookCommand{line: text}
