@@ -367,10 +367,28 @@ func TestChaosNATSNodeKill(t *testing.T) {
 	r.recovery["the stream stores changes again under a new leader (from the kill)"] = time.Since(killed)
 	load.Wait()
 	finish(t, env, f, w, r, start)
-	// The killed node comes back and catches up.
+	// The killed node comes back and catches up: every replica current,
+	// none behind.
+	restarted := time.Now()
 	if err := env.c.restartNode(ctx, victim.Index); err != nil {
 		t.Fatal(err)
 	}
+	name := victim.Name[len("nats-"):]
+	waitFor(t, 60*time.Second, "the restarted node's replica to catch up", func() bool {
+		i := streamInfo()
+		if i == nil || i.Cluster == nil || len(i.Cluster.Replicas)+1 != 3 {
+			return false
+		}
+		found := i.Cluster.Leader == name
+		for _, p := range i.Cluster.Replicas {
+			if !p.Current || p.Lag != 0 || p.Offline {
+				return false
+			}
+			found = found || p.Name == name
+		}
+		return found
+	})
+	t.Logf("node %s restarted, and its replica of PRODUCTS caught up, %v after the restart began", name, time.Since(restarted).Round(time.Millisecond))
 }
 
 // TestChaosRollingRestart: all three gateways restarted one after the other
