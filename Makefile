@@ -13,7 +13,7 @@ FUZZTIME     ?= 30s
 BENCHTIME    ?= 5000x
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build run migrate test test-short lint fmt fuzz bench clean tools
+.PHONY: all build run migrate test test-short lint fmt fuzz bench clean tools nats-cli
 .PHONY: cluster cluster-down cluster-scale cluster-status cluster-cookbook cluster-tools test-chaos
 
 # make cluster-scale GATEWAYS=n
@@ -30,16 +30,22 @@ build:
 	$(GO) build -o $(BIN)/devrun ./deploy/devrun
 	$(GO) build -o $(CLUSTER) ./deploy/cluster
 
-## run: the whole system on this machine (PostgreSQL found or started, NATS embedded in the bridge)
+## run: the whole system on this machine (PostgreSQL found or started, NATS embedded in the bridge);
+## installs the pinned nats CLI into bin/ first when it is missing, for the banner's nats line
 run: build
+	@$(MAKE) --no-print-directory nats-cli || echo "make run: could not install the nats CLI (the banner says how); starting anyway"
 	$(BIN)/devrun -bin $(BIN)
 
 ## migrate: apply the migrations to the database `make run` uses, then exit
 migrate:
 	$(GO) run ./deploy/devrun -migrate
 
-## test: lint, then every test with the race detector against real PostgreSQL and NATS
-test: lint tools
+## test: lint, then every test with the race detector against real PostgreSQL and NATS.
+## It runs `make tools` first, which may run apt-get for chromium and nghttp2-client when they are missing.
+test:
+	@echo "make test: lint, then make tools (staticcheck and the nats CLI into bin/, and, when missing,"
+	@echo "  Debian's chromium and nghttp2-client through apt-get), then go test -race over every package."
+	@$(MAKE) --no-print-directory lint tools
 	$(GO) test -race -count=1 -timeout 12m ./...
 
 ## test-short: the tests without lint, for a quick loop
@@ -49,18 +55,24 @@ test-short:
 $(STATICCHECK):
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
-## tools: install the tools the targets and tests use: staticcheck and the nats CLI into bin/
-## (bridge/natscli_test.go runs it; it reinstalls when bin/nats is another version), and
-## Debian's nghttp2-client (server push test) and chromium (browser tests) when missing
-tools: $(STATICCHECK)
+## tools: install what the targets and tests use, into bin/ and from Debian:
+##   staticcheck (make lint), the nats CLI (bridge/natscli_test.go, the README's examples;
+##   reinstalled when bin/nats is another version), and, when missing, Debian's chromium
+##   (the browser tests) and nghttp2-client (the server push test) with apt-get, which
+##   waits up to 10 minutes for another apt/dpkg to release its lock
+tools: $(STATICCHECK) nats-cli
 	@missing=""; command -v nghttp >/dev/null || missing="$$missing nghttp2-client"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
-		echo "apt-get install$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		echo "make tools: installing$$missing with apt-get (chromium: the browser tests; nghttp2-client: the server push test)"; \
+		apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing; \
 	fi
+
+## nats-cli: the pinned nats CLI in bin/ (installed when missing or another version)
+nats-cli:
 	@if [ "$$($(NATS_CLI) --version 2>/dev/null)" != "$(NATS_CLI_VERSION)" ]; then \
-		echo "GOBIN=$(BIN) $(GO) install github.com/nats-io/natscli/nats@$(NATS_CLI_VERSION)"; \
+		echo "installing the nats CLI $(NATS_CLI_VERSION) into bin/: GOBIN=$(BIN) $(GO) install github.com/nats-io/natscli/nats@$(NATS_CLI_VERSION)"; \
 		GOBIN=$(BIN) $(GO) install github.com/nats-io/natscli/nats@$(NATS_CLI_VERSION); \
 	fi
 

@@ -376,7 +376,7 @@ type benchBridge struct {
 // it when the benchmark ends.
 func startBenchBridge(b *testing.B, dsn string) *benchBridge {
 	nt := testenv.NATS(b)
-	cfg := runBridgeInProcess(b, dsn, nt.URL)
+	cfg := runBridgeInProcess(b, dsn, nt)
 	nc, err := nats.Connect(nt.URL, nats.Name("productwatch-bench"))
 	if err != nil {
 		b.Fatal(err)
@@ -393,7 +393,7 @@ func startBenchBridge(b *testing.B, dsn string) *benchBridge {
 // (as the real program would read it), dsn, natsURL and a free metrics
 // port; it waits until the bridge leads, and stops it when tb ends. It
 // returns the bridge's configuration.
-func runBridgeInProcess(tb testing.TB, dsn, natsURL string) Config {
+func runBridgeInProcess(tb testing.TB, dsn string, ns *testenv.NATSServer) Config {
 	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -405,7 +405,7 @@ func runBridgeInProcess(tb testing.TB, dsn, natsURL string) Config {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	cfg.DatabaseURL, cfg.NATSURL, cfg.MetricsAddr = dsn, natsURL, metricsAddr
+	cfg.DatabaseURL, cfg.NATSURL, cfg.NATSAuth, cfg.MetricsAddr = dsn, ns.URL, ns.Bridge, metricsAddr
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, cfg, testenv.Logger(tb)) }()

@@ -16,11 +16,13 @@ import (
 // Config is everything the bridge can be told, from flags or environment
 // variables (the README's configuration table lists them all).
 type Config struct {
-	DatabaseURL     string // DATABASE_URL
-	NATSURL         string // NATS_URL; empty: run an embedded nats-server
-	NATSEmbedListen string // NATS_EMBED_LISTEN, default 127.0.0.1:4222 (a free port when taken)
-	NATSStoreDir    string // NATS_STORE_DIR: JetStream storage of the embedded server
-	MetricsAddr     string // METRICS_ADDR: /healthz, /readyz, /metrics
+	DatabaseURL     string                   // DATABASE_URL
+	NATSURL         string                   // NATS_URL; empty: run an embedded nats-server
+	NATSAuth        broker.Credentials       // NATS_USER, NATS_PASSWORD: the bridge's NATS user
+	NATSEmbedListen string                   // NATS_EMBED_LISTEN, default 127.0.0.1:4222 (a free port when taken)
+	NATSStoreDir    string                   // NATS_STORE_DIR: JetStream storage of the embedded server
+	NATSEmbedAuth   broker.EmbeddedPasswords // NATS_EMBED_GATEWAY_PASSWORD, NATS_EMBED_DEBUG_PASSWORD
+	MetricsAddr     string                   // METRICS_ADDR: /healthz, /readyz, /metrics
 
 	Stream broker.StreamOptions // STREAM_DUPLICATE_WINDOW, STREAM_MAX_AGE, STREAM_HISTORY, STREAM_REPLICAS
 
@@ -66,6 +68,8 @@ func loadConfig(args []string) (Config, error) {
 	set.Duration(&cfg.Retention, "change-retention", "CHANGE_RETENTION", 24*time.Hour, "keep published changes in the change log this long (resume needs them)")
 	set.Duration(&cfg.PruneInterval, "prune-interval", "PRUNE_INTERVAL", time.Minute, "how often to prune the change log")
 	set.Int(&cfg.PruneBatch, "prune-batch", "PRUNE_BATCH", 1000, "change rows deleted per statement when pruning")
+	cfg.NATSAuth.Register(fs)
+	cfg.NATSEmbedAuth.Register(fs)
 	cfg.Log.Register(set)
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {
@@ -94,6 +98,10 @@ func (cfg Config) validate() error {
 		return errors.New("DATABASE_URL is empty")
 	case cfg.NATSURL == "" && cfg.NATSStoreDir == "":
 		return errors.New("NATS_STORE_DIR is empty: the embedded nats-server needs a directory")
+	case cfg.NATSURL == "" && (cfg.NATSAuth.User == broker.GatewayUser || cfg.NATSAuth.User == broker.DebugUser):
+		return fmt.Errorf("NATS_USER=%s: with the embedded nats-server the bridge's user is %q (or any name but gateway and debug)", cfg.NATSAuth.User, broker.BridgeUser)
+	case cfg.NATSURL != "" && (cfg.NATSEmbedAuth.Gateway != "" || cfg.NATSEmbedAuth.Debug != ""):
+		return errors.New("NATS_EMBED_GATEWAY_PASSWORD and NATS_EMBED_DEBUG_PASSWORD are for the embedded nats-server, which does not run when NATS_URL is set")
 	case cfg.BatchSize < 1 || cfg.MaxInFlight < 1 || cfg.PruneBatch < 1:
 		return errors.New("BATCH_SIZE, PUBLISH_MAX_IN_FLIGHT and PRUNE_BATCH must be at least 1")
 	case cfg.Stream.History < 1 || cfg.Stream.Replicas < 1:

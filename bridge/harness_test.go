@@ -14,7 +14,6 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -103,7 +102,8 @@ func removeBridgeBuild() {
 // the developer's shell sets of them is not passed on: a test's bridge gets
 // exactly the configuration the test gives it.
 var configVars = []string{
-	"DATABASE_URL", "NATS_URL", "NATS_EMBED_LISTEN", "NATS_STORE_DIR", "METRICS_ADDR",
+	"DATABASE_URL", "NATS_URL", "NATS_USER", "NATS_PASSWORD", "NATS_EMBED_LISTEN", "NATS_STORE_DIR",
+	"NATS_EMBED_GATEWAY_PASSWORD", "NATS_EMBED_DEBUG_PASSWORD", "METRICS_ADDR",
 	"STREAM_DUPLICATE_WINDOW", "STREAM_MAX_AGE", "STREAM_HISTORY", "STREAM_REPLICAS",
 	"BATCH_SIZE", "PUBLISH_MAX_IN_FLIGHT", "PUBLISH_TIMEOUT", "POLL_INTERVAL", "IDLE_AFTER",
 	"SAFETY_POLL_INTERVAL", "LISTENER_PING_INTERVAL", "LEADER_RETRY_INTERVAL",
@@ -111,13 +111,15 @@ var configVars = []string{
 }
 
 // bridgeEnv returns the configuration of a bridge on the database dsn and the
-// NATS server natsURL, with extra's settings added or overriding. It keeps
-// every change in the stream (STREAM_HISTORY), since verifyStream reads them
-// all.
-func bridgeEnv(dsn, natsURL string, extra map[string]string) map[string]string {
+// NATS server ns, as its bridge user, with extra's settings added or
+// overriding. It keeps every change in the stream (STREAM_HISTORY), since
+// verifyStream reads them all.
+func bridgeEnv(dsn string, ns *testenv.NATSServer, extra map[string]string) map[string]string {
 	env := map[string]string{
 		"DATABASE_URL":   dsn,
-		"NATS_URL":       natsURL,
+		"NATS_URL":       ns.URL,
+		"NATS_USER":      ns.Bridge.User,
+		"NATS_PASSWORD":  ns.Bridge.Password,
 		"LOG_FORMAT":     "text",
 		"LOG_LEVEL":      "info",
 		"STREAM_HISTORY": "1000000000",
@@ -440,18 +442,12 @@ func tail(s string, n int) string {
 	return fmt.Sprintf("[%d earlier lines left out]\n%s", len(lines)-n, strings.Join(lines[len(lines)-n:], "\n"))
 }
 
-// freeAddr returns a 127.0.0.1 address with a port that is free now.
+// freeAddr returns a 127.0.0.1 address with a port that is free now, below
+// the ephemeral range (testenv.FreeAddr), so that the machine's outgoing
+// connections do not take it before the bridge binds it.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	if err := ln.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return addr
+	return testenv.FreeAddr(t)
 }
 
 // pollEvery is how often waitFor checks its condition.

@@ -24,6 +24,7 @@ type bridgeMetrics struct {
 	wakeupWanted      prometheus.Gauge
 	notifyQueueUsage  prometheus.Gauge
 	pruned            prometheus.Counter
+	foreignMessages   prometheus.Counter
 }
 
 func newBridgeMetrics(reg prometheus.Registerer) *bridgeMetrics {
@@ -60,10 +61,12 @@ func newBridgeMetrics(reg prometheus.Registerer) *bridgeMetrics {
 			Help: "pg_notification_queue_usage(): fraction of PostgreSQL's NOTIFY queue in use. Alert well below 1: a full queue stalls every commit that notifies."}),
 		pruned: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "pruned_total",
 			Help: "Change log rows deleted past the retention window."}),
+		foreignMessages: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "foreign_messages_total",
+			Help: "Messages found newest on a product subject of the stream that the bridge did not publish (no change seq in Nats-Msg-Id, or a body that is not that change); the bridge publishes its change over them."}),
 	}
 	reg.MustRegister(m.changesPublished, m.duplicates, m.skippedPublished, m.publishFailures, m.publishLatency,
 		m.lagChanges, m.lagSeconds, m.cursor, m.polls, m.listenerReconnect, m.natsReconnects, m.leader,
-		m.wakeupWanted, m.notifyQueueUsage, m.pruned)
+		m.wakeupWanted, m.notifyQueueUsage, m.pruned, m.foreignMessages)
 	return m
 }
 

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/productwatch/productwatch/pkg/broker"
@@ -46,19 +45,21 @@ const (
 func TestNatsCLI(t *testing.T) {
 	cli := findNatsCLI(t)
 	pg := testenv.Postgres(t)
-	nt := testenv.NATS(t)
+	// Locked down as in production: the CLI runs as the read-only debug
+	// user, the bridge as its own, the test's client as the harness.
+	nt := testenv.NATSLocked(t)
 	if nt.Server == nil {
 		t.Skip("NATS_URL names a shared server: this test counts the messages of a PRODUCTS stream of its own")
 	}
-	cli.server = nt.URL
+	cli.server, cli.creds = nt.URL, nt.Debug
 
 	// Three products before the bridge starts: it publishes them on start.
 	if _, err := pg.DB.Exec(`INSERT INTO products (manufacturer, product_name, price_amount, price_currency, units_available)
 		SELECT 'Apple', 'MacBook ' || i, 500, 'EUR', i FROM generate_series(1, 3) AS i`); err != nil {
 		t.Fatal(err)
 	}
-	runBridgeInProcess(t, pg.DSN, nt.URL)
-	js := natsCLIJetStream(t, nt.URL)
+	runBridgeInProcess(t, pg.DSN, nt)
+	js := natsCLIJetStream(t, nt)
 	natsCLIWaitStream(t, js, 3)
 
 	// nats sub, started before the changes it must print.
@@ -178,11 +179,13 @@ func TestNatsCLI(t *testing.T) {
 
 // natsCLI runs the nats CLI in an environment of its own: a temporary HOME
 // and XDG_CONFIG_HOME (it never reads or writes the user's contexts), none of
-// the NATS_* variables, --no-context, and --server set to the test's server.
+// the NATS_* variables, --no-context, and --server, --user and --password
+// set to the test's server and its debug user.
 type natsCLI struct {
 	path   string
 	env    []string
 	server string
+	creds  broker.Credentials
 }
 
 // findNatsCLI returns the nats CLI in <repo>/bin, installing it there first
@@ -264,7 +267,7 @@ func (c *natsCLI) version() (string, error) {
 
 // args returns the command line of a nats command.
 func (c *natsCLI) args(args ...string) []string {
-	return append([]string{"--server", c.server, "--no-context"}, args...)
+	return append([]string{"--server", c.server, "--user", c.creds.User, "--password", c.creds.Password, "--no-context"}, args...)
 }
 
 func (c *natsCLI) command(ctx context.Context, name string, args ...string) *exec.Cmd {
@@ -440,14 +443,9 @@ func natsCLIWaitInterest(t *testing.T, srv *server.Server, name, subject string)
 	}
 }
 
-func natsCLIJetStream(t *testing.T, url string) jetstream.JetStream {
+func natsCLIJetStream(t *testing.T, ns *testenv.NATSServer) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(ns.Connect(t, ns.Harness))
 	if err != nil {
 		t.Fatal(err)
 	}

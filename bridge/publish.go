@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -43,14 +45,15 @@ type publisher struct {
 	maxInFlight int
 	logger      *slog.Logger
 	metrics     *bridgeMetrics
+	stalls      *stallWatch // nil: not watched
 
 	// reused between waves; owned by the publishing goroutine
 	inWave  map[int64]bool
 	blocked map[int64]bool
 }
 
-func newPublisher(js asyncPublisher, stream lastBySubject, maxInFlight int, logger *slog.Logger, metrics *bridgeMetrics) *publisher {
-	return &publisher{js: js, stream: stream, maxInFlight: maxInFlight, logger: logger, metrics: metrics,
+func newPublisher(js asyncPublisher, stream lastBySubject, maxInFlight int, logger *slog.Logger, metrics *bridgeMetrics, stalls *stallWatch) *publisher {
+	return &publisher{js: js, stream: stream, maxInFlight: maxInFlight, logger: logger, metrics: metrics, stalls: stalls,
 		inWave: make(map[int64]bool), blocked: make(map[int64]bool)}
 }
 
@@ -98,6 +101,7 @@ func (p *publisher) nextWave(rows []changeRow) (wave, rest []changeRow) {
 // whether they arrived after all) until none is left.
 func (p *publisher) sendWave(ctx context.Context, rows []changeRow, verify func(seq int64) bool) error {
 	backoff := 50 * time.Millisecond
+	defer p.stalls.done()
 	for attempt := 0; len(rows) > 0; attempt++ {
 		if attempt > 0 {
 			select {
@@ -111,6 +115,7 @@ func (p *publisher) sendWave(ctx context.Context, rows []changeRow, verify func(
 		if err != nil {
 			// Keep rows as they are: every one of them is still unpublished.
 			p.logger.Warn("checking the stream before republishing failed; retrying", "err", err)
+			p.stalls.failed(err)
 			continue
 		}
 		rows = kept
@@ -137,6 +142,7 @@ func (p *publisher) sendWave(ctx context.Context, rows []changeRow, verify func(
 		if len(failed) > 0 {
 			p.metrics.publishFailures.Add(float64(len(failed)))
 			p.logger.Warn("JetStream publish failed; retrying", "failed", len(failed), "first_seq", failed[0].seq, "err", err, "retry_in", backoff)
+			p.stalls.failed(fmt.Errorf("publishing %d changes from seq %d: %w", len(failed), failed[0].seq, err))
 		}
 		rows = failed
 	}
@@ -181,21 +187,66 @@ func (p *publisher) skipPublished(ctx context.Context, rows []changeRow, always 
 // inStream reports whether the stream already holds r: the newest message of
 // r's subject carries a seq of r's or later (a product's changes are
 // published in order, so an older one is there if a newer one is).
+//
+// The newest message may not be the bridge's: something published on the
+// subject before NATS was locked down, or a publisher given the bridge's
+// permissions by mistake (no seq in Nats-Msg-Id, a body that is no change,
+// or one that is not the change its Nats-Msg-Id names). Such a message is
+// logged and counted (productwatch_bridge_foreign_messages_total), and r
+// counts as not there: it is published again, which at worst stores a
+// change twice (readers drop a version they have) and puts the product's
+// true state back on top of the subject. Guessing "there" instead could lose
+// the change, and failing would stall every product in the wave.
 func (p *publisher) inStream(ctx context.Context, r changeRow) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	msg, err := p.stream.GetLastMsgForSubject(ctx, change.Subject(r.productID))
+	subject := change.Subject(r.productID)
+	msg, err := p.stream.GetLastMsgForSubject(ctx, subject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("last message of %s: %w", change.Subject(r.productID), err)
+		return false, fmt.Errorf("last message of %s: %w", subject, err)
 	}
-	seq, err := strconv.ParseInt(msg.Header.Get(jetstream.MsgIDHeader), 10, 64)
-	if err != nil {
-		return false, fmt.Errorf("last message of %s has no seq in %s", change.Subject(r.productID), jetstream.MsgIDHeader)
+	seq, why := publishedSeq(msg, r)
+	if why != "" {
+		p.metrics.foreignMessages.Inc()
+		p.logger.Warn("the stream's last message on a product subject was not published by the bridge; publishing the change over it",
+			"subject", subject, "stream_seq", msg.Sequence, "msg_id", msg.Header.Get(jetstream.MsgIDHeader),
+			"why", why, "change_seq", r.seq)
+		return false, nil
 	}
 	return seq >= r.seq, nil
+}
+
+// publishedSeq returns the change seq of msg, the newest message on the
+// subject of r's product, if the bridge published it: its Nats-Msg-Id is a
+// seq and its body the change event of that seq and product (byte for byte
+// r's event when the seq is r's). Otherwise why says what is wrong with it.
+//
+// A message crafted to pass (a plausible event under a plausible seq) is
+// beyond this check: that takes the bridge's own publish permission, which
+// is what NATS's lock-down is for.
+func publishedSeq(msg *jetstream.RawStreamMsg, r changeRow) (seq int64, why string) {
+	id := msg.Header.Get(jetstream.MsgIDHeader)
+	seq, err := strconv.ParseInt(id, 10, 64)
+	if err != nil || seq < 1 {
+		return 0, "no change seq in " + jetstream.MsgIDHeader
+	}
+	var ev struct {
+		Seq       *int64 `json:"seq"`
+		ProductID *int64 `json:"productId"`
+	}
+	if err := json.Unmarshal(msg.Data, &ev); err != nil || ev.Seq == nil || ev.ProductID == nil {
+		return 0, "the body is not a change event"
+	}
+	if *ev.Seq != seq || *ev.ProductID != r.productID {
+		return 0, fmt.Sprintf("the body is change %d of product %d, not what %s and the subject say", *ev.Seq, *ev.ProductID, jetstream.MsgIDHeader)
+	}
+	if seq == r.seq && !bytes.Equal(msg.Data, r.event) {
+		return 0, fmt.Sprintf("the body differs from change %d", seq)
+	}
+	return seq, ""
 }
 
 // newMsg builds the JetStream message of a change: its subject, the event

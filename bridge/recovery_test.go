@@ -57,7 +57,7 @@ func TestPublishesEveryChange(t *testing.T) {
 	ns := natsForBridge(t)
 	_, js := connectJS(t, ns.URL)
 	products := seedProducts(t, pg.DB, 200)
-	b := startBridge(t, bridgeEnv(pg.DSN, ns.URL, nil))
+	b := startBridge(t, bridgeEnv(pg.DSN, ns, nil))
 	b.waitReady(t)
 
 	w := startWriters(t, pg.DB, writeLoad{Writers: 32, Total: 10_000, Products: products, Timeout: 2 * time.Minute})
@@ -83,7 +83,7 @@ func TestBridgeKilled(t *testing.T) {
 	ns := natsForBridge(t)
 	_, js := connectJS(t, ns.URL)
 	products := seedProducts(t, pg.DB, 100)
-	b := startBridge(t, bridgeEnv(pg.DSN, ns.URL, map[string]string{"STREAM_DUPLICATE_WINDOW": "1s"}))
+	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{"STREAM_DUPLICATE_WINDOW": "1s"}))
 	b.waitReady(t)
 
 	w := startWriters(t, pg.DB, writeLoad{Writers: 16, Total: 100_000, Products: products, Timeout: 2 * time.Minute})
@@ -147,7 +147,7 @@ func TestNATSRestarted(t *testing.T) {
 	}
 	_, js := connectJS(t, ns.URL)
 	products := seedProducts(t, pg.DB, 100)
-	b := startBridge(t, bridgeEnv(pg.DSN, ns.URL, map[string]string{"PUBLISH_TIMEOUT": "1s"}))
+	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{"PUBLISH_TIMEOUT": "1s"}))
 	b.waitReady(t)
 
 	w := startWriters(t, pg.DB, writeLoad{Writers: 8, Total: 100_000, Products: products, Timeout: 2 * time.Minute})
@@ -273,7 +273,7 @@ func TestListenerKilled(t *testing.T) {
 	ns := natsForBridge(t)
 	_, js := connectJS(t, ns.URL)
 	products := seedProducts(t, pg.DB, 50)
-	b := startBridge(t, bridgeEnv(pg.DSN, ns.URL, noSafetyPoll))
+	b := startBridge(t, bridgeEnv(pg.DSN, ns, noSafetyPoll))
 	b.waitReady(t)
 	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
 
@@ -323,7 +323,7 @@ func TestPostgresRestarted(t *testing.T) {
 	ns := natsForBridge(t)
 	_, js := connectJS(t, ns.URL)
 	products := seedProducts(t, db, 100)
-	b := startBridge(t, bridgeEnv(dsn, ns.URL, nil))
+	b := startBridge(t, bridgeEnv(dsn, ns, nil))
 	b.waitReady(t)
 
 	w := startWriters(t, db, writeLoad{Writers: 8, Total: 100_000, Products: products, Timeout: 2 * time.Minute, TolerateErrors: true})
@@ -436,7 +436,7 @@ func TestLongTransaction(t *testing.T) {
 	_, js := connectJS(t, ns.URL)
 	products := seedProducts(t, pg.DB, 52)
 	held, products := products[:2], products[2:] // the open transactions' rows
-	b := startBridge(t, bridgeEnv(pg.DSN, ns.URL, noSafetyPoll))
+	b := startBridge(t, bridgeEnv(pg.DSN, ns, noSafetyPoll))
 	b.waitReady(t)
 
 	const later = 1500
@@ -499,7 +499,7 @@ func TestTwoBridges(t *testing.T) {
 	ns := natsForBridge(t)
 	_, js := connectJS(t, ns.URL)
 	products := seedProducts(t, pg.DB, 100)
-	env := bridgeEnv(pg.DSN, ns.URL, nil)
+	env := bridgeEnv(pg.DSN, ns, nil)
 	bridges := []*bridgeProc{startBridge(t, env), startBridge(t, env)}
 	for _, b := range bridges {
 		b.waitReady(t)
@@ -567,7 +567,7 @@ func TestLargeChange(t *testing.T) {
 	ns := natsForBridge(t)
 	_, js := connectJS(t, ns.URL)
 	products := seedProducts(t, pg.DB, 20)
-	b := startBridge(t, bridgeEnv(pg.DSN, ns.URL, noSafetyPoll))
+	b := startBridge(t, bridgeEnv(pg.DSN, ns, noSafetyPoll))
 	b.waitReady(t)
 	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
 	waitIdle(t, b, pg.DB)
@@ -630,7 +630,7 @@ func TestSeqOrderIsNotXidOrder(t *testing.T) {
 	ns := natsForBridge(t)
 	_, js := connectJS(t, ns.URL)
 	products := seedProducts(t, db, 2)
-	b := startBridge(t, bridgeEnv(dsn, ns.URL, nil))
+	b := startBridge(t, bridgeEnv(dsn, ns, nil))
 	b.waitReady(t)
 
 	for round := range 3 {

@@ -70,7 +70,7 @@ func TestGapBookkeeping(t *testing.T) {
 // than maxInFlight, and a product's later changes wait behind its first.
 func TestNextWave(t *testing.T) {
 	row := func(seq, product int64) changeRow { return changeRow{seq: seq, productID: product} }
-	p := newPublisher(nil, nil, 3, nil, nil)
+	p := newPublisher(nil, nil, 3, nil, nil, nil)
 	rows := []changeRow{row(1, 7), row(2, 8), row(3, 7), row(4, 9), row(5, 10), row(6, 8), row(7, 11)}
 	var waves []string
 	for pending := rows; len(pending) > 0; {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -37,13 +38,16 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return err
 	}
 
-	natsURL := cfg.NATSURL
+	natsURL, natsAuth := cfg.NATSURL, cfg.NATSAuth
 	if natsURL == "" {
+		var users []broker.EmbeddedUser
+		users, natsAuth = embeddedUsers(cfg, logger)
 		srv, err := broker.StartEmbedded(broker.EmbeddedOptions{
 			Listen:             cfg.NATSEmbedListen,
 			StoreDir:           cfg.NATSStoreDir,
 			Logger:             logger,
 			FallbackToFreePort: true,
+			Users:              users,
 		})
 		if err != nil {
 			return fmt.Errorf("embedded NATS: %w", err)
@@ -53,11 +57,15 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 			srv.WaitForShutdown()
 		}()
 		natsURL = srv.ClientURL()
-		logger.Info("embedded NATS server running", "url", natsURL, "store_dir", cfg.NATSStoreDir)
+		names := make([]string, len(users))
+		for i, u := range users {
+			names[i] = u.User
+		}
+		logger.Info("embedded NATS server running", "url", natsURL, "store_dir", cfg.NATSStoreDir, "users", names)
 	}
 	registry := health.NewRegistry()
 	metrics := newBridgeMetrics(registry)
-	nc, err := broker.Connect(natsURL, "productwatch-bridge", logger, broker.Hooks{OnReconnect: metrics.natsReconnects.Inc})
+	nc, err := broker.Connect(natsURL, "productwatch-bridge", natsAuth, logger, broker.Hooks{OnReconnect: metrics.natsReconnects.Inc})
 	if err != nil {
 		return err
 	}
@@ -78,6 +86,10 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		}
 		return nil
 	})
+	// A wave that keeps failing for this long is a stall, not a hiccup:
+	// at least two publish timeouts, so one slow acknowledgement is not.
+	stalls := newStallWatch(max(10*time.Second, 2*cfg.PublishTimeout))
+	probes.Add("publishing", stalls.check)
 	mux := http.NewServeMux()
 	mux.Handle("GET /healthz", probes.LiveHandler())
 	mux.Handle("GET /readyz", probes.ReadyHandler())
@@ -88,7 +100,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return fmt.Errorf("listen on METRICS_ADDR %s: %w", cfg.MetricsAddr, err)
 	}
 
-	b := &bridge{cfg: cfg, db: db, js: js, nc: nc, logger: logger, metrics: metrics}
+	b := &bridge{cfg: cfg, db: db, js: js, nc: nc, logger: logger, metrics: metrics, stalls: stalls}
 	group, gctx := errgroup.WithContext(ctx)
 	group.Go(func() error {
 		if err := migrator.UpRetrying(gctx); err != nil {
@@ -118,6 +130,48 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	return group.Wait()
 }
 
+// embeddedUsers returns the users of the embedded nats-server, with the
+// permissions of broker.Roles, and the credentials the bridge connects with:
+//
+//   - the bridge's own user is NATS_USER (default "bridge") with
+//     NATS_PASSWORD; when NATS_PASSWORD is unset it gets a random password
+//     that only this process knows, since nothing else needs it;
+//   - gateway and debug exist only when NATS_EMBED_GATEWAY_PASSWORD and
+//     NATS_EMBED_DEBUG_PASSWORD give their passwords; without, nobody can
+//     connect as them (logged), rather than anybody.
+//
+// No client connects without credentials.
+func embeddedUsers(cfg Config, logger *slog.Logger) ([]broker.EmbeddedUser, broker.Credentials) {
+	roles := make(map[string]broker.Role)
+	for _, r := range broker.Roles() {
+		roles[r.User] = r
+	}
+	own := cfg.NATSAuth
+	if own.User == "" {
+		own.User = broker.BridgeUser
+	}
+	if own.Password == "" {
+		own.Password = rand.Text()
+		logger.Info("NATS_PASSWORD is unset: the embedded NATS server's bridge user gets a random password only this process knows",
+			"user", own.User)
+	}
+	bridgeUser := roles[broker.BridgeUser].WithPassword(own.Password)
+	bridgeUser.User = own.User
+	users := []broker.EmbeddedUser{bridgeUser}
+	for _, other := range []struct{ user, password, env, without string }{
+		{broker.GatewayUser, cfg.NATSEmbedAuth.Gateway, "NATS_EMBED_GATEWAY_PASSWORD", "no gateway can connect"},
+		{broker.DebugUser, cfg.NATSEmbedAuth.Debug, "NATS_EMBED_DEBUG_PASSWORD", "the nats CLI cannot connect"},
+	} {
+		if other.password == "" {
+			logger.Warn(other.env+" is unset: the embedded NATS server has no "+other.user+" user, so "+other.without,
+				"user", other.user)
+			continue
+		}
+		users = append(users, roles[other.user].WithPassword(other.password))
+	}
+	return users, own
+}
+
 // bridge is what a leading bridge needs.
 type bridge struct {
 	cfg     Config
@@ -126,6 +180,7 @@ type bridge struct {
 	nc      *nats.Conn
 	logger  *slog.Logger
 	metrics *bridgeMetrics
+	stalls  *stallWatch
 }
 
 // lead relays the change log to JetStream, listens for wake-ups and prunes,
@@ -135,15 +190,19 @@ func (b *bridge) lead(ctx context.Context) error {
 	defer b.metrics.leader.Set(0)
 	stream, err := broker.EnsureStream(ctx, b.js, b.cfg.Stream)
 	if err != nil {
+		// Retried by the leadership loop; if it keeps failing (NATS down,
+		// or a user without the stream's permissions), /readyz says so.
+		b.stalls.failed(err)
 		return err
 	}
+	b.stalls.done()
 	wake := make(chan string, 1)
 	var high atomic.Int64
 	r := &relay{
 		cfg: relayConfig{batchSize: b.cfg.BatchSize, pollInterval: b.cfg.PollInterval,
 			idleAfter: b.cfg.IdleAfter, safetyPollInterval: b.cfg.SafetyPollInterval},
 		reader:  &logReader{db: b.db},
-		pub:     newPublisher(b.js, stream, b.cfg.MaxInFlight, b.logger, b.metrics),
+		pub:     newPublisher(b.js, stream, b.cfg.MaxInFlight, b.logger, b.metrics, b.stalls),
 		wake:    wake,
 		logger:  b.logger,
 		metrics: b.metrics,

@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/productwatch/productwatch/pkg/broker"
 	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
@@ -19,22 +21,21 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// TestRunEmbedded runs the bridge as `make run` does: NATS embedded, the
-// database migrated at start, probes answering, a clean stop on cancel.
+// TestRunEmbedded runs the bridge as `make run` does: NATS embedded and
+// locked down (the gateway's and debug's passwords given, the bridge's own
+// left to chance), the database migrated at start, probes answering, a
+// clean stop on cancel.
 func TestRunEmbedded(t *testing.T) {
 	pg := testenv.Postgres(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metricsAddr := ln.Addr().String()
-	ln.Close()
+	metricsAddr, natsAddr := freeAddr(t), freeAddr(t)
 	cfg, err := loadConfig(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg.DatabaseURL, cfg.NATSURL = pg.DSN, ""
-	cfg.NATSEmbedListen, cfg.NATSStoreDir, cfg.MetricsAddr = "127.0.0.1:0", t.TempDir(), metricsAddr
+	cfg.NATSEmbedListen, cfg.NATSStoreDir, cfg.MetricsAddr = natsAddr, t.TempDir(), metricsAddr
+	cfg.NATSAuth = broker.Credentials{}
+	cfg.NATSEmbedAuth = broker.EmbeddedPasswords{Gateway: "gateway-secret-0123456789", Debug: "debug-secret-0123456789"}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, cfg, testenv.Logger(t)) }()
@@ -74,6 +75,28 @@ func TestRunEmbedded(t *testing.T) {
 	}
 	resp.Body.Close()
 
+	// Who may connect to the embedded server.
+	url := "nats://" + natsAddr
+	for _, tc := range []struct {
+		name  string
+		opts  []nats.Option
+		admit bool
+	}{
+		{"anonymous", nil, false},
+		{"bridge without its random password", []nats.Option{nats.UserInfo(broker.BridgeUser, "")}, false},
+		{"gateway", []nats.Option{nats.UserInfo(broker.GatewayUser, cfg.NATSEmbedAuth.Gateway)}, true},
+		{"debug", []nats.Option{nats.UserInfo(broker.DebugUser, cfg.NATSEmbedAuth.Debug)}, true},
+		{"debug, wrong password", []nats.Option{nats.UserInfo(broker.DebugUser, cfg.NATSEmbedAuth.Gateway)}, false},
+	} {
+		nc, err := nats.Connect(url, tc.opts...)
+		if err == nil {
+			nc.Close()
+		}
+		if (err == nil) != tc.admit {
+			t.Errorf("%s: connect = %v, want admitted %v", tc.name, err, tc.admit)
+		}
+	}
+
 	cancel()
 	select {
 	case err := <-done:
@@ -82,6 +105,27 @@ func TestRunEmbedded(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("Run did not return after cancel")
+	}
+}
+
+// TestConfigNATSAuth: the NATS credentials settings, and the combinations
+// that make no sense.
+func TestConfigNATSAuth(t *testing.T) {
+	t.Setenv("NATS_USER", "bridge")
+	t.Setenv("NATS_PASSWORD", "from-env")
+	cfg, err := loadConfig(nil)
+	if err != nil || cfg.NATSAuth != (broker.Credentials{User: "bridge", Password: "from-env"}) {
+		t.Errorf("loadConfig = %+v, %v", cfg.NATSAuth, err)
+	}
+	for _, args := range [][]string{
+		{"-nats-url", "", "-nats-user", "gateway"},
+		{"-nats-url", "", "-nats-user", "debug"},
+		{"-nats-url", "nats://127.0.0.1:4222", "-nats-embed-gateway-password", "x"},
+		{"-nats-url", "nats://127.0.0.1:4222", "-nats-embed-debug-password", "x"},
+	} {
+		if _, err := loadConfig(args); err == nil {
+			t.Errorf("loadConfig(%q) accepted", args)
+		}
 	}
 }
 

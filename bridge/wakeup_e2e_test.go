@@ -119,7 +119,7 @@ func TestWakeupRace(t *testing.T) {
 	_, js := connectJS(t, ns.URL)
 	products := seedProducts(t, pg.DB, 40)
 	burstProducts, rrProducts, lateProducts := products[:30], products[30:35], products[35:]
-	b := startBridge(t, bridgeEnv(pg.DSN, ns.URL, map[string]string{
+	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
 		"SAFETY_POLL_INTERVAL": "1h",
 		"IDLE_AFTER":           "50ms",
 	}))

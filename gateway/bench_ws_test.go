@@ -182,7 +182,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	addr := ln.Addr().String()
 	ln.Close()
 	cmd := exec.Command(path)
-	cmd.Env = append(os.Environ(), "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "LISTEN_ADDR="+addr,
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "NATS_USER="+n.Gateway.User, "NATS_PASSWORD="+n.Gateway.Password, "LISTEN_ADDR="+addr,
 		"INSECURE_HTTP=true", "WS_MAX_CONNECTIONS=20000", "LOG_LEVEL=warn", "API_TOKEN=", "DEBUG_ADDR="+os.Getenv("BENCH_DEBUG_ADDR"))
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := cmd.Start(); err != nil {

@@ -35,6 +35,7 @@ func liveGatewayWith(t *testing.T, pg *testenv.PG, n *testenv.NATSServer, addr s
 		t.Fatal(err)
 	}
 	cfg.DatabaseURL, cfg.NATSURL, cfg.APIToken = pg.DSN, n.URL, testToken
+	cfg.NATSAuth = n.Gateway // the gateway's production NATS permissions
 	queue := newResyncQueue()
 	nc, err := nats.Connect(n.URL, nats.ReconnectHandler(func(*nats.Conn) { queue.requestAll() }))
 	if err != nil {

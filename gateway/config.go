@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/productwatch/productwatch/pkg/broker"
 	"github.com/productwatch/productwatch/pkg/envflag"
 	"github.com/productwatch/productwatch/pkg/logging"
 )
@@ -17,19 +18,20 @@ import (
 // Config is everything the gateway can be told, from flags or environment
 // variables (the README's configuration table lists them all).
 type Config struct {
-	DatabaseURL     string          // DATABASE_URL
-	ListenAddr      string          // LISTEN_ADDR, default :8443
-	TLSCert, TLSKey string          // TLS_CERT, TLS_KEY: PEM files; unset: self-signed
-	InsecureHTTP    bool            // INSECURE_HTTP: plain HTTP (and h2c) behind a TLS-terminating proxy
-	APIToken        string          // API_TOKEN: bearer token for writes; unset: writes refused
-	MaxBodyBytes    int64           // MAX_BODY_BYTES: request body limit, default 64 KiB
-	ShutdownTimeout time.Duration   // SHUTDOWN_TIMEOUT: how long in-flight requests get on SIGTERM
-	NATSURL         string          // NATS_URL: needed by /websocket; empty: /websocket answers 503
-	AllowedOrigins  string          // ALLOWED_ORIGINS: comma-separated host patterns besides same-origin
-	DrainWindow     time.Duration   // DRAIN_WINDOW: closing sockets with 1001 is spread over this
-	DebugAddr       string          // DEBUG_ADDR: net/http/pprof on this address (loopback only advised); unset: off
-	HSTSMaxAge      int             // HSTS_MAX_AGE: Strict-Transport-Security max-age in seconds on HTTPS pages; 0: off
-	Log             logging.Options // LOG_LEVEL, LOG_FORMAT
+	DatabaseURL     string             // DATABASE_URL
+	ListenAddr      string             // LISTEN_ADDR, default :8443
+	TLSCert, TLSKey string             // TLS_CERT, TLS_KEY: PEM files; unset: self-signed
+	InsecureHTTP    bool               // INSECURE_HTTP: plain HTTP (and h2c) behind a TLS-terminating proxy
+	APIToken        string             // API_TOKEN: bearer token for writes; unset: writes refused
+	MaxBodyBytes    int64              // MAX_BODY_BYTES: request body limit, default 64 KiB
+	ShutdownTimeout time.Duration      // SHUTDOWN_TIMEOUT: how long in-flight requests get on SIGTERM
+	NATSURL         string             // NATS_URL: needed by /websocket; empty: /websocket answers 503
+	NATSAuth        broker.Credentials // NATS_USER, NATS_PASSWORD: the gateway's NATS user
+	AllowedOrigins  string             // ALLOWED_ORIGINS: comma-separated host patterns besides same-origin
+	DrainWindow     time.Duration      // DRAIN_WINDOW: closing sockets with 1001 is spread over this
+	DebugAddr       string             // DEBUG_ADDR: net/http/pprof on this address (loopback only advised); unset: off
+	HSTSMaxAge      int                // HSTS_MAX_AGE: Strict-Transport-Security max-age in seconds on HTTPS pages; 0: off
+	Log             logging.Options    // LOG_LEVEL, LOG_FORMAT
 
 	WSReadLimit        int64         // WS_READ_LIMIT: largest frame a client may send
 	WSMaxIDsPerCommand int           // WS_MAX_IDS_PER_COMMAND
@@ -71,6 +73,7 @@ func loadConfig(args []string) (Config, error) {
 	set.Duration(&cfg.WSWriteTimeout, "ws-write-timeout", "WS_WRITE_TIMEOUT", 10*time.Second, "a socket write or ping slower than this drops the client")
 	set.Duration(&cfg.WSPingInterval, "ws-ping-interval", "WS_PING_INTERVAL", 30*time.Second, "ping idle clients this often")
 	set.Duration(&cfg.WSSlowClientAfter, "ws-slow-client-after", "WS_SLOW_CLIENT_AFTER", 15*time.Second, "a change waiting in a client's queue longer than this drops the client (close 4008)")
+	cfg.NATSAuth.Register(fs)
 	cfg.Log.Register(set)
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {

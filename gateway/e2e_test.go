@@ -66,6 +66,7 @@ func startBridge(t *testing.T, pg *testenv.PG, n *testenv.NATSServer) {
 	ln.Close()
 	cmd := exec.Command(path)
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "METRICS_ADDR="+metrics,
+		"NATS_USER="+n.Bridge.User, "NATS_PASSWORD="+n.Bridge.Password,
 		"LOG_FORMAT=text", "LOG_LEVEL=warn", "SAFETY_POLL_INTERVAL=200ms")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

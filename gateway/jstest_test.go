@@ -39,7 +39,8 @@ func TestJSClient(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, "--test", "--test-reporter=spec", "productwatch.test.mjs")
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "PW_GATEWAY_BIN="+gatewayBin, "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "PW_TOKEN="+testToken)
+	cmd.Env = append(os.Environ(), "PW_GATEWAY_BIN="+gatewayBin, "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "PW_TOKEN="+testToken,
+		"NATS_USER="+n.Gateway.User, "NATS_PASSWORD="+n.Gateway.Password) // the gateways the JS tests start
 	cmd.WaitDelay = 10 * time.Second
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

@@ -104,7 +104,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	var nc *nats.Conn
 	queue := newResyncQueue()
 	if cfg.NATSURL != "" {
-		nc, err = broker.Connect(cfg.NATSURL, "productwatch-gateway", logger,
+		nc, err = broker.Connect(cfg.NATSURL, "productwatch-gateway", cfg.NATSAuth, logger,
 			broker.Hooks{OnReconnect: queue.requestAll, OnSlowConsumer: queue.lost})
 		if err != nil {
 			return err

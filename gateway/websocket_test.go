@@ -43,6 +43,7 @@ func newWSGateway(t testing.TB, pg *testenv.PG, n *testenv.NATSServer, change fu
 		t.Fatal(err)
 	}
 	cfg.DatabaseURL, cfg.NATSURL, cfg.APIToken = pg.DSN, n.URL, testToken
+	cfg.NATSAuth = n.Gateway // the gateway's production NATS permissions
 	if change != nil {
 		change(&cfg)
 	}

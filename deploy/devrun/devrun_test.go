@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,12 +25,7 @@ func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 // freePort returns a loopback address nobody listens on right now.
 func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return testenv.FreeAddr(t)
 }
 
 // TestQuickStart is `make run` as a user meets it: build the programs, start
@@ -48,14 +44,26 @@ func TestQuickStart(t *testing.T) {
 			t.Fatalf("build %s: %v\n%s", prog, err, out)
 		}
 	}
+	// The nats CLI the banner's line runs, when `make tools` has installed
+	// it into the repository's bin/ (bridge/natscli_test.go installs it too).
+	cliInstalled := false
+	if repoCLI, err := filepath.Abs("../../bin/nats"); err == nil {
+		if out, err := exec.Command(repoCLI, "--version").Output(); err == nil && strings.TrimSpace(string(out)) == natsCLIVersion {
+			if err := os.Symlink(repoCLI, filepath.Join(binDir, "nats")); err != nil {
+				t.Fatal(err)
+			}
+			cliInstalled = true
+		}
+	}
 	gatewayAddr := freePort(t)
+	stateDir := t.TempDir()
 	cmd := exec.Command(filepath.Join(binDir, "devrun"), "-bin", binDir)
 	cmd.Env = append(os.Environ(),
 		"DATABASE_URL="+pg.DSN,
 		"LISTEN_ADDR="+gatewayAddr,
 		"METRICS_ADDR="+freePort(t),
-		"DEVRUN_STATE_DIR="+t.TempDir(),
-		"NATS_URL=", "API_TOKEN=",
+		"DEVRUN_STATE_DIR="+stateDir,
+		"NATS_URL=", "API_TOKEN=", "NATS_USER=", "NATS_PASSWORD=",
 	)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -75,29 +83,68 @@ func TestQuickStart(t *testing.T) {
 		logs <- string(data)
 	}()
 
-	// Read the banner up to the curl line.
-	curlLine := regexp.MustCompile(`curl -k -X POST (\S+)/products -H 'Authorization: Bearer ([0-9a-f]+)'`)
-	banner := make(chan []string, 1)
+	// Read the banner, to its last line.
+	banner := make(chan string, 1)
 	go func() {
+		var b strings.Builder
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			if m := curlLine.FindStringSubmatch(sc.Text()); m != nil {
-				banner <- m
+			b.WriteString(sc.Text() + "\n")
+			if sc.Text() == "productwatch is ready." {
+				banner <- b.String()
 				break
 			}
 		}
 		_, _ = io.Copy(io.Discard, stdout)
 	}()
-	var match []string
+	var text string
 	select {
-	case match = <-banner:
+	case text = <-banner:
 	case <-time.After(2 * time.Minute):
 		_ = cmd.Process.Kill()
 		t.Fatalf("no banner within 2 minutes; logs:\n%s", <-logs)
 	}
+	match := regexp.MustCompile(`curl -k -X POST (\S+)/products -H 'Authorization: Bearer ([0-9a-f]+)'`).FindStringSubmatch(text)
+	natsLine := regexp.MustCompile(`(?m)^  (.+) sub 'product\.>'$`).FindStringSubmatch(text)
+	if match == nil || natsLine == nil {
+		t.Fatalf("the banner lacks the curl or the nats line:\n%s", text)
+	}
 	gatewayURL, token := match[1], match[2]
 	if !strings.HasSuffix(gatewayURL, portSuffix(gatewayAddr)) {
 		t.Errorf("banner names %s, want port of %s", gatewayURL, gatewayAddr)
+	}
+	if strings.Contains(text, "not installed") == cliInstalled {
+		t.Errorf("the banner's install hint does not match the CLI being installed (%v):\n%s", cliInstalled, text)
+	}
+	// The NATS credentials are kept private, like the API token.
+	for _, name := range []string{"api-token", natsCredentialsFile, natsContextFile} {
+		info, err := os.Stat(filepath.Join(stateDir, name))
+		if err != nil || info.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %v, mode %v; want mode 0600", name, err, info.Mode().Perm())
+		}
+	}
+
+	// The banner's nats sub line, pasted into a shell, shows the change
+	// made with its curl line.
+	var sub *exec.Cmd
+	var subOut lockedBuffer
+	if cliInstalled {
+		sub = exec.Command("sh", "-c", natsLine[1]+" sub 'product.>' --count 1")
+		sub.Env = append(os.Environ(), "HOME="+t.TempDir(), "NATS_CONTEXT=")
+		sub.Stdout, sub.Stderr = &subOut, &subOut
+		if err := sub.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = sub.Process.Kill() })
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(subOut.String(), "Subscribing on product.>") {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s sub did not subscribe within 30s:\n%s", natsLine[1], subOut.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	} else {
+		t.Logf("bin/nats %s is not installed (make tools): the banner's nats line is not run", natsCLIVersion)
 	}
 
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
@@ -117,6 +164,18 @@ func TestQuickStart(t *testing.T) {
 	if resp.StatusCode != http.StatusCreated || resp.ProtoMajor != 2 {
 		t.Fatalf("POST via the banner's curl line = %s %d %s", resp.Proto, resp.StatusCode, body)
 	}
+	if sub != nil {
+		waited := make(chan error, 1)
+		go func() { waited <- sub.Wait() }()
+		select {
+		case err := <-waited:
+			if err != nil || !strings.Contains(subOut.String(), `Received on "product.`) || !strings.Contains(subOut.String(), `"action":"INSERT"`) {
+				t.Errorf("the banner's nats sub line (%v) did not show the new product:\n%s", err, subOut.String())
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("the banner's nats sub line printed no change within 30s:\n%s", subOut.String())
+		}
+	}
 
 	// Ctrl-C stops everything, and the launcher exits cleanly.
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
@@ -126,8 +185,16 @@ func TestQuickStart(t *testing.T) {
 	go func() { waited <- cmd.Wait() }()
 	select {
 	case err := <-waited:
+		out := <-logs
 		if err != nil {
-			t.Errorf("devrun exited with %v; logs:\n%s", err, <-logs)
+			t.Errorf("devrun exited with %v; logs:\n%s", err, out)
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if last := lines[len(lines)-1]; !strings.Contains(last, "everything stopped") {
+			t.Errorf("the log's last line is %q, want one saying everything stopped", last)
+		}
+		if strings.Contains(out, "Server is ready") {
+			t.Error("nats-server's own \"Server is ready\" reached the log: the banner is the only ready line")
 		}
 	case <-time.After(time.Minute):
 		t.Fatal("devrun did not stop within a minute of SIGINT")
@@ -137,6 +204,24 @@ func TestQuickStart(t *testing.T) {
 	if _, err := (&net.Dialer{}).DialContext(ctx, "tcp", gatewayAddr); err == nil {
 		t.Error("the gateway still listens after devrun stopped")
 	}
+}
+
+// lockedBuffer collects a process's output while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func portSuffix(addr string) string {
@@ -170,5 +255,34 @@ func TestFreeAddrFallsBack(t *testing.T) {
 	got, err := freeAddr(ln.Addr().String())
 	if err != nil || got == ln.Addr().String() || !strings.HasPrefix(got, "127.0.0.1:") {
 		t.Errorf("freeAddr(taken) = %q, %v", got, err)
+	}
+}
+
+// TestNATSCredentialsAreKept: generated once, kept with mode 0600 (made so
+// again if loosened), regenerated when the file is unusable.
+func TestNATSCredentialsAreKept(t *testing.T) {
+	dir := t.TempDir()
+	first, err := loadNATSCredentials(dir)
+	if err != nil || len(first.Bridge) < 16 || len(first.Gateway) < 16 || len(first.Debug) < 16 ||
+		first.Bridge == first.Gateway || first.Gateway == first.Debug {
+		t.Fatalf("loadNATSCredentials = %+v, %v", first, err)
+	}
+	path := filepath.Join(dir, natsCredentialsFile)
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	second, err := loadNATSCredentials(dir)
+	if err != nil || second != first {
+		t.Errorf("second load = %+v, %v; want the kept %+v", second, err, first)
+	}
+	if info, err := os.Stat(path); err != nil || info.Mode().Perm() != 0o600 {
+		t.Errorf("mode after loading: %v, %v; want 0600", info.Mode().Perm(), err)
+	}
+	if err := os.WriteFile(path, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	third, err := loadNATSCredentials(dir)
+	if err != nil || third == first || len(third.Debug) < 16 {
+		t.Errorf("after a broken file: %+v, %v; want new credentials", third, err)
 	}
 }

@@ -4,7 +4,10 @@
 // machine's initdb/pg_ctl), creates the productwatch database, then starts
 // the bridge (with NATS embedded unless NATS_URL is set) and one gateway on
 // https://localhost:8443, prints a generated API token with a ready-to-paste
-// curl line, and stops everything on Ctrl-C.
+// curl line and a nats CLI line (NATS is locked down: the credentials of its
+// users bridge, gateway and debug are generated once and kept in
+// .run/nats-credentials.json, the CLI's in .run/nats-context.json, both mode
+// 0600), and stops everything on Ctrl-C.
 //
 // With -migrate it only applies the migrations and exits (make migrate).
 package main
@@ -46,9 +49,15 @@ func main() {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "devrun")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, opts, logger); err != nil {
-		logger.Error("make run failed", "err", err)
+	err := run(ctx, opts, logger)
+	// run returns once every process it started has exited and the private
+	// PostgreSQL cluster, if it started one, is stopped.
+	if err != nil {
+		logger.Error("make run failed; everything it started has stopped", "err", err)
 		stop()
 		os.Exit(1)
+	}
+	if !opts.migrateOnly {
+		logger.Info("everything stopped: gateway, bridge with its NATS server, and the PostgreSQL cluster if make run started one")
 	}
 }

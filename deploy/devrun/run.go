@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/productwatch/productwatch/pkg/broker"
 	"github.com/productwatch/productwatch/pkg/pgserver"
 	"github.com/productwatch/productwatch/pkg/schema"
 )
@@ -66,11 +68,21 @@ func run(ctx context.Context, opts options, logger *slog.Logger) error {
 		return err
 	}
 	natsURL, embedListen := os.Getenv("NATS_URL"), ""
+	var creds natsCredentials
 	if natsURL == "" {
 		if embedListen, err = freeAddr("127.0.0.1:4222"); err != nil {
 			return err
 		}
 		natsURL = "nats://" + embedListen
+		if creds, err = loadNATSCredentials(stateDir); err != nil {
+			return err
+		}
+	}
+	cli := natsCLILine(opts.binDir, stateDir, natsURL, creds)
+	if creds.Debug != "" {
+		if err := writeNATSContext(cli.contextFile, natsURL, creds); err != nil {
+			return err
+		}
 	}
 	metricsAddr, err := freeAddr(opts.metricsAddr)
 	if err != nil {
@@ -86,8 +98,12 @@ func run(ctx context.Context, opts options, logger *slog.Logger) error {
 	bridgeEnv := []string{"DATABASE_URL=" + dsn, "METRICS_ADDR=" + metricsAddr, "LOG_FORMAT=text",
 		"NATS_STORE_DIR=" + filepath.Join(stateDir, "nats")}
 	if embedListen != "" {
-		bridgeEnv = append(bridgeEnv, "NATS_EMBED_LISTEN="+embedListen, "NATS_URL=")
+		bridgeEnv = append(bridgeEnv, "NATS_EMBED_LISTEN="+embedListen, "NATS_URL=",
+			"NATS_USER="+broker.BridgeUser, "NATS_PASSWORD="+creds.Bridge,
+			"NATS_EMBED_GATEWAY_PASSWORD="+creds.Gateway, "NATS_EMBED_DEBUG_PASSWORD="+creds.Debug)
 	} else {
+		// An external NATS: both programs take NATS_USER and NATS_PASSWORD
+		// from this environment, as the operator set them.
 		bridgeEnv = append(bridgeEnv, "NATS_URL="+natsURL)
 	}
 	if err := start(ctx, &procs, exited, filepath.Join(opts.binDir, "bridge"), "bridge", bridgeEnv); err != nil {
@@ -99,6 +115,9 @@ func run(ctx context.Context, opts options, logger *slog.Logger) error {
 
 	gatewayEnv := []string{"DATABASE_URL=" + dsn, "LISTEN_ADDR=" + opts.gatewayAddr, "API_TOKEN=" + token,
 		"NATS_URL=" + natsURL, "LOG_FORMAT=text"}
+	if embedListen != "" {
+		gatewayEnv = append(gatewayEnv, "NATS_USER="+broker.GatewayUser, "NATS_PASSWORD="+creds.Gateway)
+	}
 	if err := start(ctx, &procs, exited, filepath.Join(opts.binDir, "gateway"), "gateway", gatewayEnv); err != nil {
 		return err
 	}
@@ -109,7 +128,7 @@ func run(ctx context.Context, opts options, logger *slog.Logger) error {
 	if err := waitReady(ctx, exited, gatewayURL+"/readyz"); err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
-	printBanner(os.Stdout, gatewayURL, token, natsURL, metricsAddr)
+	printBanner(os.Stdout, gatewayURL, token, natsURL, metricsAddr, cli)
 
 	select {
 	case <-ctx.Done():
@@ -140,7 +159,22 @@ func resolveDatabase(ctx context.Context, stateDir string, logger *slog.Logger) 
 		return "", nil, err
 	}
 	dsn, err := pgserver.WithDatabase(adminDSN, databaseName)
+	if err == nil {
+		// Resolve named the server (its postgres database); the data goes
+		// to this one.
+		logger.Info("using database "+databaseName, "dsn", redactDSN(dsn))
+	}
 	return dsn, cluster, err
+}
+
+// redactDSN hides the password of a URL-form DSN (pgserver.WithDatabase
+// returns that form for the servers devrun finds).
+func redactDSN(dsn string) string {
+	u, err := url.Parse(dsn)
+	if err != nil || u.Scheme == "" {
+		return "(not shown)"
+	}
+	return u.Redacted()
 }
 
 // apiToken returns API_TOKEN, or the token kept in stateDir/api-token,
@@ -265,7 +299,7 @@ func waitReady(ctx context.Context, exited <-chan error, url string) error {
 	}
 }
 
-func printBanner(w io.Writer, gatewayURL, token, natsURL, metricsAddr string) {
+func printBanner(w io.Writer, gatewayURL, token, natsURL, metricsAddr string, cli natsCLI) {
 	body := `{"manufacturer":"Apple","productName":"MacBook Pro","pricePerUnit":"500EUR","unitsAvailable":6}`
 	fmt.Fprintf(w, `
 productwatch is running. Ctrl-C stops it.
@@ -280,10 +314,11 @@ Create a product, then list them:
   curl -k -X POST %[1]s/products -H 'Authorization: Bearer %[2]s' -H 'Content-Type: application/json' -d '%[5]s'
   curl -k %[1]s/products
 
-Watch the changes arrive in JetStream (make tools installs the nats CLI into bin/):
+Watch the changes arrive in JetStream (%[6]s):
 
-  bin/nats --server %[3]s sub 'product.>'
-  bin/nats --server %[3]s stream info PRODUCTS
-
-`, gatewayURL, token, natsURL, metricsAddr, body)
+  %[7]s sub 'product.>'
+  %[7]s stream info PRODUCTS
+%[8]s
+productwatch is ready.
+`, gatewayURL, token, natsURL, metricsAddr, body, cli.note, cli.command, cli.missing)
 }

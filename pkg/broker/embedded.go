@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // DefaultListen is where [StartEmbedded] listens when EmbeddedOptions.Listen
@@ -37,7 +38,9 @@ type EmbeddedOptions struct {
 	// StoreDir is the directory JetStream keeps its streams in. Required.
 	StoreDir string
 
-	// Logger receives the server's log: notices at Info, warnings at Warn,
+	// Logger receives the server's log: notices at Debug (its "Server is
+	// ready" is not the program's readiness, which the program logs
+	// itself), warnings at Warn,
 	// errors and fatal errors at Error, debug output at Debug and protocol
 	// traces one level below Debug, each only if the logger enables that
 	// level. nil discards everything.
@@ -48,6 +51,72 @@ type EmbeddedOptions struct {
 	// taken (by the machine's own NATS service, say). Without it a taken
 	// port is an error.
 	FallbackToFreePort bool
+
+	// Users are the only clients the server accepts, each with its
+	// password and permissions (usually [Role.WithPassword] of [Roles]).
+	// Required: StartEmbedded refuses to run a server anyone can use.
+	Users []EmbeddedUser
+
+	// NoAuthUser names the user of Users that clients connecting without
+	// credentials act as. Empty (the default, and what the bridge uses):
+	// such clients are refused. Only test harnesses set it.
+	NoAuthUser string
+}
+
+// EmbeddedUser is a user of the embedded server.
+type EmbeddedUser struct {
+	Credentials
+	// Permissions of the user; nil allows every subject, which only a test
+	// harness's own user should have.
+	Permissions *Permissions
+}
+
+// WithPassword returns r's user with password, for [EmbeddedOptions].Users.
+func (r Role) WithPassword(password string) EmbeddedUser {
+	p := r.Permissions
+	return EmbeddedUser{Credentials: Credentials{User: r.User, Password: password}, Permissions: &p}
+}
+
+// serverUsers checks users and converts them to nats-server's form.
+func serverUsers(users []EmbeddedUser, noAuthUser string) ([]*server.User, error) {
+	if len(users) == 0 {
+		return nil, errors.New("no users: the server would accept anyone (give EmbeddedOptions.Users)")
+	}
+	out := make([]*server.User, 0, len(users))
+	seen := make(map[string]bool, len(users))
+	for _, u := range users {
+		switch {
+		case u.User == "":
+			return nil, errors.New("a user without a name")
+		case u.Password == "":
+			return nil, fmt.Errorf("user %q has no password", u.User)
+		case seen[u.User]:
+			return nil, fmt.Errorf("user %q given twice", u.User)
+		}
+		seen[u.User] = true
+		// The server compares bcrypt hashes as well as plain passwords,
+		// and warns about plain ones. The hash never leaves this process,
+		// so its cost buys nothing: the cheapest keeps connects fast. The
+		// no-auth user keeps its plain password: the server logs such
+		// clients in by comparing the stored password with itself.
+		password := u.Password
+		if u.User != noAuthUser {
+			hash, err := bcrypt.GenerateFromPassword([]byte(u.Password), bcrypt.MinCost)
+			if err != nil {
+				return nil, fmt.Errorf("user %q: %w", u.User, err)
+			}
+			password = string(hash)
+		}
+		su := &server.User{Username: u.User, Password: password}
+		if u.Permissions != nil {
+			su.Permissions = u.Permissions.serverPermissions()
+		}
+		out = append(out, su)
+	}
+	if noAuthUser != "" && !seen[noAuthUser] {
+		return nil, fmt.Errorf("NoAuthUser %q is not one of the users", noAuthUser)
+	}
+	return out, nil
 }
 
 // StartEmbedded runs a NATS server with JetStream inside this process and
@@ -76,6 +145,10 @@ func StartEmbedded(opts EmbeddedOptions) (*server.Server, error) {
 	if err != nil || port < -1 || port > 65535 {
 		return nil, fmt.Errorf("start embedded nats: listen address %q: bad port", listen)
 	}
+	users, err := serverUsers(opts.Users, opts.NoAuthUser)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded nats: %w", err)
+	}
 	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -94,16 +167,23 @@ func StartEmbedded(opts EmbeddedOptions) (*server.Server, error) {
 	}
 
 	adapter := &serverLogger{logger: logger.With("component", "nats-server")}
+	if opts.NoAuthUser != "" {
+		// Only the no-auth user's password is plain (see serverUsers):
+		// known, and not worth a warning on every start.
+		adapter.demote = plainPasswordsWarning
+	}
 	debug := logger.Enabled(context.Background(), slog.LevelDebug)
 	trace := logger.Enabled(context.Background(), levelTrace)
 	srv, err := server.NewServer(&server.Options{
-		Host:      host,
-		Port:      port,
-		JetStream: true,
-		StoreDir:  opts.StoreDir,
-		NoSigs:    true,
-		Debug:     debug,
-		Trace:     trace,
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   opts.StoreDir,
+		NoSigs:     true,
+		Debug:      debug,
+		Trace:      trace,
+		Users:      users,
+		NoAuthUser: opts.NoAuthUser,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start embedded nats: %w", err)
@@ -165,6 +245,7 @@ func waitReady(srv *server.Server, adapter *serverLogger, timeout time.Duration)
 // a fatal error during start is returned by StartEmbedded instead.
 type serverLogger struct {
 	logger *slog.Logger
+	demote string // a warning logged at Debug instead; set before use
 
 	mu    sync.Mutex // guards fatal
 	fatal string     // the first Fatalf message
@@ -172,11 +253,23 @@ type serverLogger struct {
 
 var _ server.Logger = (*serverLogger)(nil)
 
-// Noticef logs at Info.
-func (l *serverLogger) Noticef(format string, v ...any) { l.log(slog.LevelInfo, format, v) }
+// Noticef logs at Debug: the server's start-up chatter (its version, its
+// ports, "Server is ready") is not what the user of a productwatch program
+// needs to see; the program logs what matters itself.
+func (l *serverLogger) Noticef(format string, v ...any) { l.log(slog.LevelDebug, format, v) }
 
-// Warnf logs at Warn.
-func (l *serverLogger) Warnf(format string, v ...any) { l.log(slog.LevelWarn, format, v) }
+// plainPasswordsWarning is nats-server's warning about users whose password
+// is not a bcrypt hash.
+const plainPasswordsWarning = "Plaintext passwords detected, use nkeys or bcrypt"
+
+// Warnf logs at Warn, or at Debug when it is the demoted warning.
+func (l *serverLogger) Warnf(format string, v ...any) {
+	if l.demote != "" && format == l.demote {
+		l.log(slog.LevelDebug, format, v)
+		return
+	}
+	l.log(slog.LevelWarn, format, v)
+}
 
 // Errorf logs at Error.
 func (l *serverLogger) Errorf(format string, v ...any) { l.log(slog.LevelError, format, v) }

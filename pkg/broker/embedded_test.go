@@ -58,12 +58,33 @@ func shutdownOnCleanup(t *testing.T, srv *server.Server) {
 	})
 }
 
-// checkJetStream connects to srv and runs a JetStream round trip on it.
+// harness is the user the tests of this package connect as when they are
+// not testing permissions: allowed everything.
+var harness = Credentials{User: "harness", Password: "harness-password"}
+
+// testUsers returns the users of a test server: the harness and
+// productwatch's roles, each role's password its user name followed by
+// "-password".
+func testUsers() []EmbeddedUser {
+	users := []EmbeddedUser{{Credentials: harness}}
+	for _, r := range Roles() {
+		users = append(users, r.WithPassword(r.User+"-password"))
+	}
+	return users
+}
+
+// roleCredentials returns the credentials testUsers gives user.
+func roleCredentials(user string) Credentials {
+	return Credentials{User: user, Password: user + "-password"}
+}
+
+// checkJetStream connects to srv as the harness and runs a JetStream round
+// trip on it.
 func checkJetStream(t *testing.T, srv *server.Server) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	nc, err := nats.Connect(srv.ClientURL())
+	nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo(harness.User, harness.Password))
 	if err != nil {
 		t.Fatalf("connect to %s: %v", srv.ClientURL(), err)
 	}
@@ -93,8 +114,9 @@ func TestStartEmbeddedFallsBackWhenPortTaken(t *testing.T) {
 	srv, err := StartEmbedded(EmbeddedOptions{
 		Listen:             taken,
 		StoreDir:           t.TempDir(),
-		Logger:             slog.New(slog.NewTextHandler(&logs, nil)),
+		Logger:             slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		FallbackToFreePort: true,
+		Users:              testUsers(),
 	})
 	if err != nil {
 		t.Fatalf("StartEmbedded: %v", err)
@@ -115,8 +137,11 @@ func TestStartEmbeddedFallsBackWhenPortTaken(t *testing.T) {
 	if out := logs.String(); !strings.Contains(out, "level=WARN") || !strings.Contains(out, srv.ClientURL()) {
 		t.Errorf("no warning naming %s in the log:\n%s", srv.ClientURL(), out)
 	}
-	if out := logs.String(); !strings.Contains(out, "level=INFO") || !strings.Contains(out, "component=nats-server") {
-		t.Errorf("server notices not routed at Info:\n%s", out)
+	if out := logs.String(); !strings.Contains(out, "level=DEBUG") || !strings.Contains(out, "component=nats-server") {
+		t.Errorf("server notices not routed at Debug:\n%s", out)
+	}
+	if out := logs.String(); strings.Contains(out, "level=INFO") || strings.Contains(out, "Plaintext passwords") {
+		t.Errorf("the server logged at Info (its notices belong at Debug) or warned about plain passwords:\n%s", out)
 	}
 	checkJetStream(t, srv)
 }
@@ -124,7 +149,7 @@ func TestStartEmbeddedFallsBackWhenPortTaken(t *testing.T) {
 func TestStartEmbeddedPortTakenWithoutFallback(t *testing.T) {
 	t.Parallel()
 	began := time.Now()
-	srv, err := StartEmbedded(EmbeddedOptions{Listen: takePort(t), StoreDir: t.TempDir()})
+	srv, err := StartEmbedded(EmbeddedOptions{Listen: takePort(t), StoreDir: t.TempDir(), Users: testUsers()})
 	if err == nil {
 		shutdownOnCleanup(t, srv)
 		t.Fatal("StartEmbedded on a taken port without fallback: nil error")
@@ -142,7 +167,7 @@ func TestStartEmbeddedRandomPort(t *testing.T) {
 	for _, listen := range []string{"127.0.0.1:-1", "127.0.0.1:0"} {
 		t.Run(listen, func(t *testing.T) {
 			t.Parallel()
-			srv, err := StartEmbedded(EmbeddedOptions{Listen: listen, StoreDir: t.TempDir()})
+			srv, err := StartEmbedded(EmbeddedOptions{Listen: listen, StoreDir: t.TempDir(), Users: testUsers()})
 			if err != nil {
 				t.Fatalf("StartEmbedded: %v", err)
 			}
@@ -161,10 +186,19 @@ func TestStartEmbeddedBadOptions(t *testing.T) {
 		name string
 		opts EmbeddedOptions
 	}{
-		{name: "no store dir", opts: EmbeddedOptions{Listen: "127.0.0.1:-1"}},
-		{name: "no port", opts: EmbeddedOptions{Listen: "127.0.0.1", StoreDir: t.TempDir()}},
-		{name: "port out of range", opts: EmbeddedOptions{Listen: "127.0.0.1:70000", StoreDir: t.TempDir()}},
-		{name: "store dir is a file", opts: EmbeddedOptions{Listen: "127.0.0.1:-1", StoreDir: "/dev/null"}},
+		{name: "no store dir", opts: EmbeddedOptions{Listen: "127.0.0.1:-1", Users: testUsers()}},
+		{name: "no port", opts: EmbeddedOptions{Listen: "127.0.0.1", StoreDir: t.TempDir(), Users: testUsers()}},
+		{name: "port out of range", opts: EmbeddedOptions{Listen: "127.0.0.1:70000", StoreDir: t.TempDir(), Users: testUsers()}},
+		{name: "store dir is a file", opts: EmbeddedOptions{Listen: "127.0.0.1:-1", StoreDir: "/dev/null", Users: testUsers()}},
+		{name: "no users", opts: EmbeddedOptions{Listen: "127.0.0.1:-1", StoreDir: t.TempDir()}},
+		{name: "user without password", opts: EmbeddedOptions{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(),
+			Users: []EmbeddedUser{{Credentials: Credentials{User: "gateway"}}}}},
+		{name: "user without name", opts: EmbeddedOptions{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(),
+			Users: []EmbeddedUser{{Credentials: Credentials{Password: "x"}}}}},
+		{name: "user twice", opts: EmbeddedOptions{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(),
+			Users: append(testUsers(), EmbeddedUser{Credentials: harness})}},
+		{name: "unknown no-auth user", opts: EmbeddedOptions{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(),
+			Users: testUsers(), NoAuthUser: "nobody"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -189,7 +223,8 @@ func TestServerLoggerLevels(t *testing.T) {
 		call      func(l server.Logger)
 		wantLevel string // "" when nothing may be logged
 	}{
-		{"notice", slog.LevelInfo, func(l server.Logger) { l.Noticef("n %d", 1) }, "level=INFO msg=\"n 1\""},
+		{"notice hidden", slog.LevelInfo, func(l server.Logger) { l.Noticef("n %d", 1) }, ""},
+		{"notice at debug", slog.LevelDebug, func(l server.Logger) { l.Noticef("n %d", 1) }, "level=DEBUG msg=\"n 1\""},
 		{"warn", slog.LevelInfo, func(l server.Logger) { l.Warnf("w") }, "level=WARN"},
 		{"error", slog.LevelInfo, func(l server.Logger) { l.Errorf("e") }, "level=ERROR"},
 		{"fatal", slog.LevelInfo, func(l server.Logger) { l.Fatalf("f") }, "level=ERROR msg=f fatal=true"},
@@ -211,5 +246,35 @@ func TestServerLoggerLevels(t *testing.T) {
 				t.Errorf("logged %q, want %q", out.String(), tt.wantLevel)
 			}
 		})
+	}
+}
+
+// TestStartEmbeddedNoAuthUser: with NoAuthUser (test harnesses only), a
+// client without credentials acts as that user, and the server does not
+// warn about its plain password.
+func TestStartEmbeddedNoAuthUser(t *testing.T) {
+	t.Parallel()
+	var logs lockedBuffer
+	srv, err := StartEmbedded(EmbeddedOptions{
+		Listen:     "127.0.0.1:-1",
+		StoreDir:   t.TempDir(),
+		Logger:     slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Users:      testUsers(),
+		NoAuthUser: harness.User,
+	})
+	if err != nil {
+		t.Fatalf("StartEmbedded: %v", err)
+	}
+	shutdownOnCleanup(t, srv)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatalf("anonymous connect with a no-auth user: %v", err)
+	}
+	defer nc.Close()
+	if err := nc.Publish("product.1", []byte("x")); err != nil || nc.Flush() != nil || nc.LastError() != nil {
+		t.Errorf("the harness could not publish: %v %v", err, nc.LastError())
+	}
+	if out := logs.String(); strings.Contains(out, "Plaintext") {
+		t.Errorf("warned about the no-auth user's plain password:\n%s", out)
 	}
 }

@@ -72,20 +72,32 @@ type Hooks struct {
 	OnSlowConsumer func(sub *nats.Subscription) // messages of sub were dropped
 }
 
-// Connect connects to the NATS servers in url (comma-separated) and keeps
-// reconnecting forever, logging every disconnect and reconnect. The first
-// connection is retried in the background too (RetryOnFailedConnect), so a
-// process can start before NATS does.
-func Connect(url, name string, logger *slog.Logger, hooks Hooks) (*nats.Conn, error) {
-	nc, err := nats.Connect(url,
+// Connect connects to the NATS servers in url (comma-separated) as creds
+// and keeps reconnecting forever, logging every disconnect, failed reconnect
+// and reconnect.
+//
+// When the servers cannot be reached at all, the first connection is retried
+// in the background (RetryOnFailedConnect), so a process can start before
+// NATS does. When a server answers but refuses the credentials, Connect
+// fails at once with an error naming NATS_USER and NATS_PASSWORD: that is a
+// configuration mistake, not an outage. Later authorization errors (say, the
+// server's users changed while connected) are logged and retried, never
+// given up on, so fixing the server's configuration is enough to recover.
+func Connect(url, name string, creds Credentials, logger *slog.Logger, hooks Hooks) (*nats.Conn, error) {
+	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
-		nats.RetryOnFailedConnect(true),
-		nats.ReconnectWait(250*time.Millisecond),
+		nats.IgnoreAuthErrorAbort(),
+		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(100*time.Millisecond, time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil { // nil: the connection was closed on purpose
 				logger.Warn("NATS disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			if isAuthError(err) {
+				logger.Error("NATS refused the credentials; check NATS_USER and NATS_PASSWORD", "user", creds.User, "err", err)
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
@@ -104,9 +116,29 @@ func Connect(url, name string, logger *slog.Logger, hooks Hooks) (*nats.Conn, er
 				hooks.OnSlowConsumer(sub)
 			}
 		}),
-	)
+	}
+	if creds.User != "" || creds.Password != "" {
+		opts = append(opts, nats.UserInfo(creds.User, creds.Password))
+	}
+	// One attempt first, to tell refused credentials from an unreachable
+	// server; only the latter is worth waiting for.
+	nc, err := nats.Connect(url, opts...)
+	if err == nil {
+		return nc, nil
+	}
+	if isAuthError(err) {
+		return nil, fmt.Errorf("connect to NATS %s as user %q: %w (check NATS_USER and NATS_PASSWORD)", url, creds.User, err)
+	}
+	logger.Warn("NATS not reachable yet; connecting in the background", "url", url, "err", err)
+	nc, err = nats.Connect(url, append(opts, nats.RetryOnFailedConnect(true))...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS %s: %w", url, err)
 	}
 	return nc, nil
+}
+
+// isAuthError reports whether err is a server's refusal of the credentials.
+func isAuthError(err error) bool {
+	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) ||
+		errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAccountAuthExpired)
 }

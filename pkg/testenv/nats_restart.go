@@ -16,7 +16,7 @@ const restartBindTimeout = 10 * time.Second
 
 // Restart shuts the embedded NATS server down (clients are disconnected,
 // JetStream flushes its store) and starts a new one on the same host:port
-// with the same JetStream directory, so that clients reconnect to the same
+// with the same JetStream directory and users, so that clients reconnect to the same
 // URL and find their streams again. It returns once the new server accepts
 // clients, and fails the test if it cannot start. It must not be called
 // concurrently with itself or with readers of n.Server.
@@ -54,11 +54,9 @@ func (n *NATSServer) RestartWith(t testing.TB, whileDown func()) {
 
 	deadline := time.Now().Add(restartBindTimeout)
 	for {
-		srv, err := broker.StartEmbedded(broker.EmbeddedOptions{
-			Listen:   listen,
-			StoreDir: n.storeDir,
-			Logger:   logger(),
-		})
+		opts := n.opts
+		opts.Listen = listen
+		srv, err := broker.StartEmbedded(opts)
 		if err == nil {
 			n.Server = srv
 			if got := srv.ClientURL(); got != n.URL {

@@ -2,11 +2,15 @@ package testenv
 
 import (
 	"context"
+	"net"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/productwatch/productwatch/pkg/broker"
 )
 
 // TestNATSRestart restarts the embedded server under a connected client: the
@@ -66,4 +70,56 @@ func TestNATSRestart(t *testing.T) {
 	if _, err := js.Publish(ctx, "restart.1", []byte("again")); err != nil {
 		t.Fatalf("publish after the second restart: %v", err)
 	}
+}
+
+// TestNATSUsers: NATS gives the test its users; anonymous clients act as the
+// harness on NATS and are refused on NATSLocked; a restarted server keeps
+// the users.
+func TestNATSUsers(t *testing.T) {
+	t.Parallel()
+	ns := NATSLocked(t)
+	if ns.Server == nil {
+		t.Skip("NATS_URL is an external server, whose users testenv does not make")
+	}
+	if nc, err := nats.Connect(ns.URL); err == nil {
+		nc.Close()
+		t.Error("NATSLocked let an anonymous client in")
+	}
+	for _, creds := range []broker.Credentials{ns.Bridge, ns.Gateway, ns.Debug, ns.Harness} {
+		if creds.User == "" || len(creds.Password) < 16 {
+			t.Errorf("credentials %q: no user or a short password", creds.User)
+		}
+		ns.Connect(t, creds).Close()
+	}
+	ns.Restart(t)
+	ns.Connect(t, ns.Gateway).Close()
+
+	open := NATS(t)
+	nc := open.Connect(t, broker.Credentials{}) // anonymous: the harness
+	if err := nc.Publish("product.1", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil || nc.LastError() != nil {
+		t.Errorf("the harness could not publish: %v %v", err, nc.LastError())
+	}
+}
+
+// TestFreeAddr: the address is on loopback, below the ephemeral range when
+// there is one, and can be listened on.
+func TestFreeAddr(t *testing.T) {
+	t.Parallel()
+	addr := FreeAddr(t)
+	host, portText, err := net.SplitHostPort(addr)
+	if err != nil || host != "127.0.0.1" {
+		t.Fatalf("FreeAddr = %q, %v", addr, err)
+	}
+	port, _ := strconv.Atoi(portText)
+	if low, ok := ephemeralLow(); ok && low > 10000 && (port < 10000 || port >= low) {
+		t.Errorf("port %d is not below the ephemeral range starting at %d", port, low)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listen on %s: %v", addr, err)
+	}
+	ln.Close()
 }

@@ -33,17 +33,21 @@
 //
 // # Which NATS server
 //
-// NATS_URL when set (tests then share it and must use names of their own);
-// otherwise an embedded server per call of [NATS].
+// NATS_URL when set (tests then share it and must use names of their own;
+// NATS_USER and NATS_PASSWORD are then every role's credentials); otherwise
+// an embedded server per call of [NATS] or [NATSLocked], with productwatch's
+// users (bridge, gateway, debug: [broker.Roles]) on random passwords, and a
+// harness user for the test itself.
 package testenv
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
+	mathrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
@@ -52,6 +56,7 @@ import (
 
 	"github.com/lib/pq"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/productwatch/productwatch/pkg/broker"
 	"github.com/productwatch/productwatch/pkg/pgserver"
@@ -85,16 +90,33 @@ type PG struct {
 // NATSServer is a NATS server with JetStream for one test. (It cannot be
 // called NATS: that is the function returning it.)
 type NATSServer struct {
-	// URL is what clients connect to.
+	// URL is what clients connect to. It carries no credentials.
 	URL string
 	// Server is the embedded server, shut down when the test ends; nil when
 	// NATS_URL named an external one. [NATSServer.Restart] replaces it.
 	Server *server.Server
 
-	// storeDir is the embedded server's JetStream directory, kept across
-	// restarts.
-	storeDir string
+	// Bridge, Gateway and Debug are the credentials of productwatch's NATS
+	// users on this server, with the permissions of [broker.Roles]. Give
+	// them to the program under test (cfg.NATSAuth = n.Gateway), so that
+	// the test runs with the permissions the program has in production.
+	// With NATS_URL they are all NATS_USER and NATS_PASSWORD from the
+	// environment (empty when unset).
+	Bridge, Gateway, Debug broker.Credentials
+
+	// Harness is a user allowed every subject, for what a test does
+	// around the code under test (publishing a foreign message, reading the
+	// stream, purging). On a server from [NATS], clients connecting without
+	// credentials act as this user; on one from [NATSLocked] they are
+	// refused. With NATS_URL it equals Bridge.
+	Harness broker.Credentials
+
+	// opts starts the embedded server again on Restart (Listen aside).
+	opts broker.EmbeddedOptions
 }
+
+// harnessUser is the user name of [NATSServer.Harness].
+const harnessUser = "testenv"
 
 // shared is the test process's environment. It has to be process-wide: a
 // test receives only its *testing.T, the costly parts (a private cluster, the
@@ -188,21 +210,60 @@ func Postgres(t testing.TB) *PG {
 // NATS_URL names, if set, else an embedded server on a random 127.0.0.1 port
 // storing in a temporary directory, shut down when the test ends. Safe to call
 // from parallel tests.
+//
+// The embedded server has productwatch's users (bridge, gateway and debug,
+// with random passwords and the permissions of [broker.Roles]) and a harness
+// user allowed everything, which clients that give no credentials act as,
+// so that a test's own clients need no credentials. [NATSLocked] refuses
+// such clients, as production servers do.
 func NATS(t testing.TB) *NATSServer {
 	t.Helper()
+	return startNATS(t, true)
+}
+
+// NATSLocked is [NATS] with anonymous clients refused: every client must give
+// the credentials of one of the server's users, as on a production server.
+func NATSLocked(t testing.TB) *NATSServer {
+	t.Helper()
+	return startNATS(t, false)
+}
+
+// startNATS is NATS and NATSLocked.
+func startNATS(t testing.TB, anonymousAsHarness bool) *NATSServer {
+	t.Helper()
 	if url := os.Getenv("NATS_URL"); url != "" {
-		return &NATSServer{URL: url}
+		creds := broker.Credentials{User: os.Getenv("NATS_USER"), Password: os.Getenv("NATS_PASSWORD")}
+		return &NATSServer{URL: url, Bridge: creds, Gateway: creds, Debug: creds, Harness: creds}
 	}
-	storeDir := t.TempDir()
-	srv, err := broker.StartEmbedded(broker.EmbeddedOptions{
-		Listen:   "127.0.0.1:-1",
-		StoreDir: storeDir,
+	ns := &NATSServer{Harness: broker.Credentials{User: harnessUser, Password: randomPassword()}}
+	users := []broker.EmbeddedUser{{Credentials: ns.Harness}}
+	for _, role := range broker.Roles() {
+		u := role.WithPassword(randomPassword())
+		users = append(users, u)
+		switch role.User {
+		case broker.BridgeUser:
+			ns.Bridge = u.Credentials
+		case broker.GatewayUser:
+			ns.Gateway = u.Credentials
+		case broker.DebugUser:
+			ns.Debug = u.Credentials
+		}
+	}
+	ns.opts = broker.EmbeddedOptions{
+		StoreDir: t.TempDir(),
 		Logger:   logger(),
-	})
+		Users:    users,
+	}
+	if anonymousAsHarness {
+		ns.opts.NoAuthUser = harnessUser
+	}
+	opts := ns.opts
+	opts.Listen = "127.0.0.1:-1"
+	srv, err := broker.StartEmbedded(opts)
 	if err != nil {
 		t.Fatalf("testenv: nats: %v", err)
 	}
-	ns := &NATSServer{URL: srv.ClientURL(), Server: srv, storeDir: storeDir}
+	ns.URL, ns.Server = srv.ClientURL(), srv
 	// Registered after t.TempDir's removal, so it runs before it. It shuts
 	// down whichever server runs by then: Restart may have replaced srv.
 	t.Cleanup(func() {
@@ -210,6 +271,28 @@ func NATS(t testing.TB) *NATSServer {
 		ns.Server.WaitForShutdown()
 	})
 	return ns
+}
+
+// Connect connects to the server as creds (the zero value: without
+// credentials) with opts added, and closes the connection when the test
+// ends. It fails the test when the connection is refused.
+func (n *NATSServer) Connect(t testing.TB, creds broker.Credentials, opts ...nats.Option) *nats.Conn {
+	t.Helper()
+	if creds != (broker.Credentials{}) {
+		opts = append(opts, nats.UserInfo(creds.User, creds.Password))
+	}
+	nc, err := nats.Connect(n.URL, opts...)
+	if err != nil {
+		t.Fatalf("testenv: connect to %s as %q: %v", n.URL, creds.User, err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// randomPassword returns a random password (crypto/rand.Text: 26 base32
+// characters, 130 bits).
+func randomPassword() string {
+	return rand.Text()
 }
 
 // postgres returns the server and template, setting them up on first use. A
@@ -389,7 +472,7 @@ func (e *environment) teardown() error {
 // other, uses: the process id separates processes on this machine, the
 // random part the rest (and processes of other machines sharing a server).
 func uniqueName() string {
-	return fmt.Sprintf("%s%d_%012x", namePrefix, os.Getpid(), rand.Uint64()&(1<<48-1))
+	return fmt.Sprintf("%s%d_%012x", namePrefix, os.Getpid(), mathrand.Uint64()&(1<<48-1))
 }
 
 // logger returns where testenv's servers log: warnings and errors only, to
