@@ -190,10 +190,7 @@ func (c *cluster) startNode(_ context.Context, i int) error {
 	if err != nil {
 		return err
 	}
-	var env []string
-	if include != "" {
-		env = authEnv(c.creds)
-	}
+	env := authEnv(c.creds)
 	conf := filepath.Join(c.st.Spec.StateDir, fmt.Sprintf("nats-n%d.conf", i))
 	if err := os.WriteFile(conf, []byte(nodeConfig(c.st.Spec, i, store, c.creds, include)), 0o600); err != nil {
 		return err
@@ -208,21 +205,15 @@ func (c *cluster) startNode(_ context.Context, i int) error {
 }
 
 // copyAuthConf copies the repository's NATS users and permissions
-// (auth.conf and permissions.conf in Spec.NATSAuthDir, the ones compose and
-// Kubernetes use) beside the node configurations and returns the path to
-// include, relative to them; "" when the repository has none.
+// (auth.conf and permissions.conf in Spec.NATSAuthDir, the ones compose
+// uses) beside the node configurations and returns the path to include,
+// relative to them.
 func (c *cluster) copyAuthConf() (string, error) {
-	if c.st.Spec.NATSAuthDir == "" {
-		return "", nil
-	}
 	var files [][]byte
 	for _, name := range []string{"auth.conf", "permissions.conf"} {
 		data, err := os.ReadFile(filepath.Join(c.st.Spec.NATSAuthDir, name))
-		if errors.Is(err, os.ErrNotExist) {
-			return "", nil
-		}
 		if err != nil {
-			return "", err
+			return "", fmt.Errorf("the NATS users (-nats-auth-dir, run make cluster from the repository): %w", err)
 		}
 		files = append(files, data)
 	}
@@ -288,7 +279,7 @@ func (c *cluster) bridgeEnv(i int) []string {
 	p := c.st.Spec.Ports
 	env := []string{
 		"DATABASE_URL=" + c.st.DatabaseURL,
-		"NATS_URL=" + natsURLWithUser(p, userBridge, c.creds.Bridge),
+		"NATS_URL=" + natsURL(p),
 		"NATS_USER=" + userBridge, "NATS_PASSWORD=" + c.creds.Bridge,
 		"METRICS_ADDR=" + loopback(p.BridgeMetrics+i-1),
 		"STREAM_REPLICAS=3",
@@ -316,7 +307,7 @@ func (c *cluster) gatewayEnv(i int) []string {
 	p := c.st.Spec.Ports
 	env := []string{
 		"DATABASE_URL=" + c.st.DatabaseURL,
-		"NATS_URL=" + natsURLWithUser(p, userGateway, c.creds.Gateway),
+		"NATS_URL=" + natsURL(p),
 		"NATS_USER=" + userGateway, "NATS_PASSWORD=" + c.creds.Gateway,
 		"LISTEN_ADDR=" + loopback(p.Gateway+i-1),
 		"METRICS_ADDR=" + loopback(p.GatewayMetrics+i-1),

@@ -75,7 +75,7 @@ func parseFlags(command string, args []string) (options, error) {
 	set.Int(&o.ports.GatewayMetrics, "gateway-metrics-port", "CLUSTER_GATEWAY_METRICS_PORT", def.GatewayMetrics, "METRICS_ADDR port of the first gateway")
 	set.String(&o.ports.HTTPSAddr, "https-addr", "CLUSTER_HTTPS_ADDR", def.HTTPSAddr, "haproxy's HTTPS and WSS address")
 	set.String(&o.ports.StatsAddr, "stats-addr", "CLUSTER_STATS_ADDR", def.StatsAddr, "haproxy's stats page")
-	set.String(&o.spec.NATSAuthDir, "nats-auth-dir", "CLUSTER_NATS_AUTH_DIR", "deploy/nats", "the NATS users and permissions to include (auth.conf, permissions.conf); missing: written out by the cluster itself")
+	set.String(&o.spec.NATSAuthDir, "nats-auth-dir", "CLUSTER_NATS_AUTH_DIR", "deploy/nats", "the NATS users and permissions the nodes include (auth.conf, permissions.conf)")
 	set.String(&o.cookbook, "readme", "CLUSTER_COOKBOOK", defaultCookbook("."), "cookbook: the Markdown file whose nats CLI cookbook section is checked")
 	set.String(&o.natsCLI, "nats-cli", "NATS_CLI", "bin/nats", "cookbook: the nats CLI to run")
 	fs.SetOutput(os.Stderr)
@@ -101,10 +101,8 @@ func parseFlags(command string, args []string) (options, error) {
 	if o.spec.BinDir, err = filepath.Abs(o.spec.BinDir); err != nil {
 		return o, err
 	}
-	if o.spec.NATSAuthDir != "" {
-		if o.spec.NATSAuthDir, err = filepath.Abs(o.spec.NATSAuthDir); err != nil {
-			return o, err
-		}
+	if o.spec.NATSAuthDir, err = filepath.Abs(o.spec.NATSAuthDir); err != nil {
+		return o, err
 	}
 	switch {
 	case o.spec.Gateways < 1 || o.spec.Gateways > maxGateways:

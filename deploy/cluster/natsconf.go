@@ -5,61 +5,26 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/productwatch/productwatch/pkg/broker"
 )
 
-// NATS users of the cluster, as the shared contract names them.
+// NATS users of the cluster: pkg/broker's, and the route user between the
+// nodes.
 const (
-	userBridge  = "bridge"
-	userGateway = "gateway"
-	userDebug   = "debug"
-	userRoute   = "route" // between the nodes only
+	userBridge  = broker.BridgeUser
+	userGateway = broker.GatewayUser
+	userDebug   = broker.DebugUser
+	userRoute   = "route"
 )
-
-// permissions are the publish and subscribe allow-lists of one user.
-type permissions struct {
-	publish, subscribe []string
-}
-
-// userPermissions is who may do what (the contract): the bridge publishes
-// changes and manages the PRODUCTS stream; gateways only listen; debug
-// reads (subscribe, stream info, view, get) and can neither publish a change
-// nor purge or delete anything.
-var userPermissions = map[string]permissions{
-	userBridge: {
-		publish: []string{"product.>", "$JS.API.INFO",
-			"$JS.API.STREAM.CREATE.PRODUCTS", "$JS.API.STREAM.UPDATE.PRODUCTS", "$JS.API.STREAM.INFO.PRODUCTS",
-			"$JS.API.STREAM.MSG.GET.PRODUCTS", "$JS.API.DIRECT.GET.PRODUCTS", "$JS.API.DIRECT.GET.PRODUCTS.>"},
-		subscribe: []string{"_INBOX.>"},
-	},
-	userGateway: {
-		publish:   nil, // nothing: rendered as deny ">"
-		subscribe: []string{"product.>", "_INBOX.>"},
-	},
-	userDebug: {
-		publish: []string{"$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST",
-			"$JS.API.STREAM.INFO.PRODUCTS", "$JS.API.STREAM.MSG.GET.PRODUCTS",
-			"$JS.API.DIRECT.GET.PRODUCTS", "$JS.API.DIRECT.GET.PRODUCTS.>",
-			"$JS.API.CONSUMER.CREATE.PRODUCTS", "$JS.API.CONSUMER.CREATE.PRODUCTS.>",
-			"$JS.API.CONSUMER.INFO.PRODUCTS.>", "$JS.API.CONSUMER.MSG.NEXT.PRODUCTS.>",
-			// nats stream view reads through a consumer of its own: it
-			// acknowledges what it shows and deletes the consumer when
-			// done. Neither removes a message (the stream keeps messages by
-			// limits, not by acknowledgement).
-			"$JS.ACK.PRODUCTS.>", "$JS.API.CONSUMER.DELETE.PRODUCTS.>",
-			"$JS.FC.PRODUCTS.>",
-			"$SYS.REQ.USER.INFO"}, // nats account info: who am I
-		subscribe: []string{"product.>", "_INBOX.>"},
-	},
-}
 
 // nodeConfig renders the nats-server configuration of node i (from 1):
 // clustered with the other two by routes (with a route password), JetStream
-// on with its store in storeDir, and no anonymous access.
-//
-// includeAuth, when not empty, is the repository's deploy/nats/auth.conf
-// (copied beside the configuration: nats-server includes relative paths
-// only), which takes the users' passwords from the server's environment
-// ([authEnv]); else the users and their permissions are written out here.
+// on with its store in storeDir, and no anonymous access: the users and
+// their permissions are the repository's deploy/nats/auth.conf (the same as
+// compose's), included from includeAuth (a copy beside the configuration:
+// nats-server includes relative paths only), which reads the passwords from
+// the server's environment ([authEnv]).
 func nodeConfig(spec Spec, i int, storeDir string, creds Credentials, includeAuth string) string {
 	p := spec.Ports
 	var b strings.Builder
@@ -79,55 +44,18 @@ func nodeConfig(spec Spec, i int, storeDir string, creds Credentials, includeAut
 		fmt.Fprintf(&b, "    %s\n", quote(u.String()))
 	}
 	b.WriteString("  ]\n}\n")
-	if includeAuth != "" {
-		fmt.Fprintf(&b, "include %s\n", quote(includeAuth))
-		return b.String()
-	}
-	b.WriteString("authorization {\n  users: [\n")
-	for _, u := range []struct{ name, password string }{{userBridge, creds.Bridge}, {userGateway, creds.Gateway}, {userDebug, creds.Debug}} {
-		perm := userPermissions[u.name]
-		publish := `{deny: [">"]}`
-		if len(perm.publish) > 0 {
-			publish = "{allow: " + list(perm.publish) + "}"
-		}
-		fmt.Fprintf(&b, "    {user: %s, password: %s, permissions: {publish: %s, subscribe: {allow: %s}}}\n",
-			quote(u.name), quote(u.password), publish, list(perm.subscribe))
-	}
-	b.WriteString("  ]\n}\n")
+	fmt.Fprintf(&b, "include %s\n", quote(includeAuth))
 	return b.String()
 }
 
 // quote writes s as a nats-server configuration string.
 func quote(s string) string { return strconv.Quote(s) }
 
-func list(items []string) string {
-	if len(items) == 0 {
-		return `[]`
-	}
-	quoted := make([]string, len(items))
-	for i, s := range items {
-		quoted[i] = quote(s)
-	}
-	return "[" + strings.Join(quoted, ", ") + "]"
-}
-
 // natsURL is the comma-separated client URL list of every node.
 func natsURL(p Ports) string {
 	urls := make([]string, natsNodes)
 	for i := range natsNodes {
 		urls[i] = "nats://" + loopback(p.NATSClient+i)
-	}
-	return strings.Join(urls, ",")
-}
-
-// natsURLWithUser is natsURL with user and password in each URL: nats.go
-// takes credentials from the URL, which works with programs that read
-// NATS_USER and NATS_PASSWORD and with those that do not yet.
-func natsURLWithUser(p Ports, user, password string) string {
-	urls := make([]string, natsNodes)
-	for i := range natsNodes {
-		u := url.URL{Scheme: "nats", User: url.UserPassword(user, password), Host: loopback(p.NATSClient + i)}
-		urls[i] = u.String()
 	}
 	return strings.Join(urls, ",")
 }
