@@ -10,6 +10,8 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/url"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -18,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,6 +50,9 @@ const (
 	// The rate-limited run: 10 s at 1,000 updates/s.
 	benchWriteRate           = 1000
 	benchWriteRateMinUpdates = 10000
+	// The trickle (issue 10's S1): about 10 s at 50 updates/s.
+	benchWriteTrickleRate       = 50
+	benchWriteTrickleMinUpdates = 500
 	// benchCatchUpTimeout bounds the wait for the stream to hold every change.
 	benchCatchUpTimeout = time.Minute
 )
@@ -69,6 +75,7 @@ var benchWriteVariants = []benchWriteVariant{
 	{name: "notify+listen", trigger: true, wakeup: 2, listen: true, minUpdates: benchWriteMinUpdates},
 	{name: "productwatch", trigger: true, bridge: true, minUpdates: benchWriteMinUpdates},
 	{name: "productwatch-rate=1000", trigger: true, bridge: true, rate: benchWriteRate, minUpdates: benchWriteRateMinUpdates},
+	{name: "productwatch-rate=50", trigger: true, bridge: true, rate: benchWriteTrickleRate, minUpdates: benchWriteTrickleMinUpdates},
 }
 
 // BenchmarkBridgeWritePath measures what the change log, NOTIFY and the
@@ -86,7 +93,8 @@ var benchWriteVariants = []benchWriteVariant{
 //   - productwatch: the bridge runs in this process, adaptively (it turns
 //     NOTIFY off while it reads the log continuously), publishing to an
 //     embedded NATS server;
-//   - productwatch-rate=1000: the same at 1,000 updates/s (pgbench -R).
+//   - productwatch-rate=1000: the same at 1,000 updates/s (pgbench -R);
+//   - productwatch-rate=50: the same at 50 updates/s, a trickle.
 //
 // b.N counts updates, spread over the 16 clients; a run makes at least
 // 20,000 (10,000 at 1,000/s), so `-benchtime 1x` gives one full run per
@@ -106,7 +114,13 @@ var benchWriteVariants = []benchWriteVariant{
 // every 100 ms; behind_max_changes: changes made minus messages stored,
 // sampled every 100 ms); how long after pgbench's last commit the stream
 // held every change (catchup_ms); and productwatch's rate as a percentage of
-// log-only's (%log-only), when both ran in the same invocation.
+// log-only's (%log-only), when both ran in the same invocation. What the
+// bridge costs while pgbench runs: its reads of the change log per second
+// (reads/s, from productwatch_bridge_polls_total), the CPU of this process
+// (proc_cpu_%: the bridge, the embedded NATS server and the latency
+// subscriber; % of one core) and of the PostgreSQL backends serving the
+// bridge's connections (pg_bridge_cpu_%: the log reads, the LISTEN
+// connection, the leader lock; from /proc).
 func BenchmarkBridgeWritePath(b *testing.B) {
 	pgbench, err := pgserver.Tool("pgbench")
 	if err != nil {
@@ -192,16 +206,22 @@ func benchWritePath(b *testing.B, pgbench, script string, v benchWriteVariant) f
 	var (
 		sampler       *benchLagSampler
 		metricsBefore string
+		cpuBefore     benchCPU
 	)
 	if br != nil {
 		sampler = br.sampleLag(ctx, pg.DB)
 		metricsBefore = br.scrape()
+		cpuBefore = br.cpu(b, pg.DB)
 	}
 	b.ResetTimer()
 	start := time.Now()
 	out, err := exec.CommandContext(ctx, pgbench, args...).CombinedOutput()
 	ended := time.Now()
 	b.StopTimer()
+	var cpuDuring benchCPUUsed
+	if br != nil {
+		cpuDuring = br.cpu(b, pg.DB).since(cpuBefore)
+	}
 	if err != nil {
 		b.Fatalf("pgbench %s: %v\n%s", strings.Join(args[:len(args)-1], " "), err, out)
 	}
@@ -279,6 +299,13 @@ func benchWritePath(b *testing.B, pgbench, script string, v benchWriteVariant) f
 	b.ReportMetric(benchMS(p99), "p99_ms")
 	b.ReportMetric(benchMS(worst), "max_ms")
 	metrics := br.scrape()
+	wall := ended.Sub(start).Seconds()
+	reads := benchMetricSum(metrics, "productwatch_bridge_polls_total") - benchMetricSum(metricsBefore, "productwatch_bridge_polls_total")
+	b.ReportMetric(reads/wall, "reads/s")
+	b.ReportMetric(100*cpuDuring.process.Seconds()/wall, "proc_cpu_%")
+	b.ReportMetric(100*cpuDuring.backends.Seconds()/wall, "pg_bridge_cpu_%")
+	b.Logf("while pgbench ran (%.1f s): %.0f reads of the change log, this process %v CPU, the bridge's PostgreSQL backends %v CPU",
+		wall, reads, cpuDuring.process.Round(time.Millisecond), cpuDuring.backends.Round(time.Millisecond))
 	b.ReportMetric(1000*benchHistogramQuantileBound(metricsBefore, metrics, "productwatch_bridge_publish_latency_seconds", 0.99), "ack_p99_le_ms")
 	b.ReportMetric(lagMax, "lag_max_changes")
 	b.ReportMetric(float64(behindMax), "behind_max_changes")
@@ -371,11 +398,19 @@ type benchBridge struct {
 	js          jetstream.JetStream
 }
 
+// benchBridgeAppName is the application_name of the benchmark bridge's
+// PostgreSQL connections, by which its backends are found.
+const benchBridgeAppName = "productwatch-bench-bridge"
+
 // startBenchBridge runs the bridge (Run, defaults from the environment as
 // for the real program) against dsn and a NATS server of its own, and stops
 // it when the benchmark ends.
 func startBenchBridge(b *testing.B, dsn string) *benchBridge {
 	nt := testenv.NATS(b)
+	dsn, err := benchWithAppName(dsn, benchBridgeAppName)
+	if err != nil {
+		b.Fatal(err)
+	}
 	cfg := runBridgeInProcess(b, dsn, nt)
 	nc, err := nats.Connect(nt.URL, nats.Name("productwatch-bench"))
 	if err != nil {
@@ -432,6 +467,116 @@ func runBridgeInProcess(tb testing.TB, dsn string, ns *testenv.NATSServer) Confi
 		}
 	}
 	return cfg
+}
+
+// benchWithAppName sets application_name in a URL or key=value DSN.
+func benchWithAppName(dsn, name string) (string, error) {
+	if !strings.Contains(dsn, "://") {
+		return dsn + " application_name=" + name, nil
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "", err
+	}
+	q := u.Query()
+	q.Set("application_name", name)
+	u.RawQuery = q.Encode()
+	return u.String(), nil
+}
+
+// benchCPU is CPU time used so far: by this process, and by the PostgreSQL
+// backends of the bridge's connections.
+type benchCPU struct {
+	process  time.Duration
+	backends map[int]time.Duration // by pid
+}
+
+// cpu reads the CPU time of this process (getrusage) and of the bridge's
+// backends (/proc/<pid>/stat; PostgreSQL runs on this machine).
+func (br *benchBridge) cpu(b *testing.B, db *sql.DB) benchCPU {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	c := benchCPU{process: time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), backends: map[int]time.Duration{}}
+	rows, err := db.QueryContext(b.Context(), `SELECT pid FROM pg_stat_activity WHERE application_name = $1`, benchBridgeAppName)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var pid int
+		if err := rows.Scan(&pid); err != nil {
+			b.Fatal(err)
+		}
+		if d, ok := procCPU(pid); ok {
+			c.backends[pid] = d
+		}
+	}
+	if err := rows.Err(); err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
+
+// benchCPUUsed is CPU time used over an interval.
+type benchCPUUsed struct {
+	process  time.Duration
+	backends time.Duration // summed over the backends present at both ends
+}
+
+// since returns the CPU used between earlier and c.
+func (c benchCPU) since(earlier benchCPU) (d benchCPUUsed) {
+	d.process = c.process - earlier.process
+	for pid, t := range c.backends {
+		if t0, ok := earlier.backends[pid]; ok {
+			d.backends += t - t0
+		}
+	}
+	return d
+}
+
+// procCPU returns the user + system CPU time of process pid from
+// /proc/<pid>/stat (clock ticks of 10 ms, the Linux default USER_HZ).
+func procCPU(pid int) (time.Duration, bool) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	// The command name, in parentheses, may hold spaces: fields count
+	// from after its closing parenthesis (the state is field 3).
+	end := strings.LastIndexByte(string(data), ')')
+	if end < 0 {
+		return 0, false
+	}
+	fields := strings.Fields(string(data[end+1:]))
+	if len(fields) < 13 {
+		return 0, false
+	}
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64) // field 14
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64) // field 15
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, true
+}
+
+// benchMetricSum returns the sum of a metric's samples over its labels.
+func benchMetricSum(page, name string) float64 {
+	sum := 0.0
+	for line := range strings.Lines(page) {
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+			continue
+		}
+		if i := strings.LastIndexByte(rest, '}'); rest[0] == '{' && i >= 0 {
+			rest = rest[i+1:]
+		}
+		if v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
 }
 
 // streamLastSeq returns the stream's last sequence number: how many messages
@@ -557,7 +702,8 @@ func benchPollSummary(page string) string {
 			strings.HasPrefix(line, "productwatch_bridge_cursor_seq ") ||
 			strings.HasPrefix(line, "productwatch_bridge_changes_published_total ") ||
 			strings.HasPrefix(line, "productwatch_bridge_duplicates_total ") ||
-			strings.HasPrefix(line, "productwatch_bridge_publish_failures_total ") {
+			strings.HasPrefix(line, "productwatch_bridge_publish_failures_total ") ||
+			strings.HasPrefix(line, "productwatch_bridge_notify_throttled_total ") {
 			parts = append(parts, strings.TrimPrefix(strings.TrimSpace(line), "productwatch_bridge_"))
 		}
 	}

@@ -13,9 +13,14 @@ import (
 )
 
 // snapshot is the part of a PostgreSQL snapshot the relay reasons with:
-// every transaction with an id below xmin has ended.
+// every transaction with an id below xmin has ended. It also carries how
+// many backends of the database were waiting for a heavyweight lock on an
+// object (in practice: for the lock a notifying transaction takes at
+// commit) when the read ran, if the read was asked to count them (-1 if
+// not).
 type snapshot struct {
-	xmin uint64
+	xmin          uint64
+	notifyWaiters int
 }
 
 // gap is a range of seqs that the log did not show although later seqs were
@@ -81,8 +86,21 @@ func (lr *logReader) close() {
 // statement is one round trip: the relay's latency is mostly round trips
 // (BENCHMARKS.md). pg_current_snapshot() is the statement's own snapshot.
 // The branches' order is not guaranteed; read sorts.
+//
+// When $5 is true, the snapshot row also counts the backends of this
+// database waiting for a lock of type "object": a transaction that has
+// called pg_notify takes such a lock (on database 0) at commit and holds it
+// until its commit is flushed, so writers queueing on it are writers that
+// NOTIFY slows down. (The count sees only the backends whose wait events
+// the bridge's role may read: its own role's, or all with
+// pg_read_all_stats.) An uncorrelated subquery in a CASE is evaluated only
+// when its branch is taken, so a false $5 costs nothing.
 const readQuery = `
-SELECT NULL::bigint, NULL::bigint, NULL::timestamptz, pg_snapshot_xmin(pg_current_snapshot())::text
+SELECT NULL::bigint,
+       CASE WHEN $5 THEN (SELECT count(*) FROM pg_stat_get_activity(NULL) a
+                           WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                             AND a.wait_event_type = 'Lock' AND a.wait_event = 'object') END,
+       NULL::timestamptz, pg_snapshot_xmin(pg_current_snapshot())::text
 UNION ALL
 SELECT c.seq, c.product_id, c.changed_at, c.event::text
   FROM product_changes c JOIN unnest($3::bigint[], $4::bigint[]) AS g(lo, hi) ON c.seq BETWEEN g.lo AND g.hi
@@ -92,13 +110,13 @@ SELECT * FROM (SELECT seq, product_id, changed_at, event::text FROM product_chan
 
 // read returns, in one snapshot: the snapshot, the visible changes in the
 // gaps (all of them), and up to limit visible changes above high, each in
-// seq order.
-func (lr *logReader) read(ctx context.Context, high int64, gaps []gap, limit int) (snap snapshot, gapRows, rows []changeRow, err error) {
+// seq order. countWaiters asks for snapshot.notifyWaiters.
+func (lr *logReader) read(ctx context.Context, high int64, gaps []gap, limit int, countWaiters bool) (snap snapshot, gapRows, rows []changeRow, err error) {
 	los, his := make([]int64, len(gaps)), make([]int64, len(gaps))
 	for i, g := range gaps {
 		los[i], his[i] = g.lo, g.hi
 	}
-	rs, err := lr.readStmt.QueryContext(ctx, high, limit, pq.Array(los), pq.Array(his))
+	rs, err := lr.readStmt.QueryContext(ctx, high, limit, pq.Array(los), pq.Array(his), countWaiters)
 	if err != nil {
 		return snapshot{}, nil, nil, fmt.Errorf("read change log after %d: %w", high, err)
 	}
@@ -114,6 +132,10 @@ func (lr *logReader) read(ctx context.Context, high int64, gaps []gap, limit int
 		if !seq.Valid {
 			if snap.xmin, err = strconv.ParseUint(string(text), 10, 64); err != nil {
 				return snapshot{}, nil, nil, fmt.Errorf("snapshot xmin %q: %w", text, err)
+			}
+			snap.notifyWaiters = -1
+			if productID.Valid {
+				snap.notifyWaiters = int(productID.Int64)
 			}
 			gotSnapshot = true
 			continue

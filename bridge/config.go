@@ -32,6 +32,10 @@ type Config struct {
 	PollInterval       time.Duration // POLL_INTERVAL: pause between reads while changes flow
 	IdleAfter          time.Duration // IDLE_AFTER: no change for this long: ask for wake-ups
 	SafetyPollInterval time.Duration // SAFETY_POLL_INTERVAL: read the log at least this often
+	WakeupMaxRate      float64       // WAKEUP_MAX_RATE: changes/s above which writers stop notifying and the log is read continuously
+	WakeupResumeRate   float64       // WAKEUP_RESUME_RATE: changes/s below which writers notify again
+	RateWindow         time.Duration // RATE_WINDOW: window of the change-rate moving average
+	WakeupMaxWaiters   int           // WAKEUP_MAX_WAITERS: writers queueing on NOTIFY's commit lock that end wake-ups; 0: never
 	PingInterval       time.Duration // LISTENER_PING_INTERVAL: ping the LISTEN connection when idle
 	LeaderRetry        time.Duration // LEADER_RETRY_INTERVAL: how often a standby tries to lead
 	Retention          time.Duration // CHANGE_RETENTION: keep published changes this long
@@ -62,6 +66,10 @@ func loadConfig(args []string) (Config, error) {
 	set.Duration(&cfg.PublishTimeout, "publish-timeout", "PUBLISH_TIMEOUT", 5*time.Second, "how long to wait for a JetStream acknowledgement before retrying")
 	set.Duration(&cfg.PollInterval, "poll-interval", "POLL_INTERVAL", time.Millisecond, "pause between reads of the change log while changes flow")
 	set.Duration(&cfg.IdleAfter, "idle-after", "IDLE_AFTER", 50*time.Millisecond, "after this long without changes, stop polling and ask writers for NOTIFY wake-ups")
+	set.Float64(&cfg.WakeupMaxRate, "wakeup-max-rate", "WAKEUP_MAX_RATE", 200, "changes per second from which writers stop calling pg_notify and the bridge reads the change log continuously")
+	set.Float64(&cfg.WakeupResumeRate, "wakeup-resume-rate", "WAKEUP_RESUME_RATE", 100, "changes per second below which writers notify again and the bridge reads only when woken")
+	set.Int(&cfg.WakeupMaxWaiters, "wakeup-max-waiters", "WAKEUP_MAX_WAITERS", 3, "writers seen queueing on NOTIFY's commit lock that make the bridge read continuously whatever the rate (0: never)")
+	set.Duration(&cfg.RateWindow, "rate-window", "RATE_WINDOW", 250*time.Millisecond, "window of the moving average of changes per second that WAKEUP_MAX_RATE and WAKEUP_RESUME_RATE compare with")
 	set.Duration(&cfg.SafetyPollInterval, "safety-poll-interval", "SAFETY_POLL_INTERVAL", time.Second, "read the change log at least this often, wake-up or not")
 	set.Duration(&cfg.PingInterval, "listener-ping-interval", "LISTENER_PING_INTERVAL", 90*time.Second, "ping the LISTEN connection after this long without a notification")
 	set.Duration(&cfg.LeaderRetry, "leader-retry-interval", "LEADER_RETRY_INTERVAL", 500*time.Millisecond, "how often a standby bridge tries to take the lead")
@@ -87,6 +95,7 @@ func (cfg Config) validate() error {
 		"POLL_INTERVAL": cfg.PollInterval, "IDLE_AFTER": cfg.IdleAfter, "SAFETY_POLL_INTERVAL": cfg.SafetyPollInterval,
 		"LISTENER_PING_INTERVAL": cfg.PingInterval, "LEADER_RETRY_INTERVAL": cfg.LeaderRetry,
 		"CHANGE_RETENTION": cfg.Retention, "PRUNE_INTERVAL": cfg.PruneInterval,
+		"RATE_WINDOW": cfg.RateWindow,
 	}
 	for name, d := range positive {
 		if d <= 0 {
@@ -106,8 +115,19 @@ func (cfg Config) validate() error {
 		return errors.New("BATCH_SIZE, PUBLISH_MAX_IN_FLIGHT and PRUNE_BATCH must be at least 1")
 	case cfg.Stream.History < 1 || cfg.Stream.Replicas < 1:
 		return errors.New("STREAM_HISTORY and STREAM_REPLICAS must be at least 1")
+	case !(cfg.WakeupResumeRate >= 0) || !(cfg.WakeupMaxRate >= cfg.WakeupResumeRate):
+		return fmt.Errorf("WAKEUP_RESUME_RATE (%v) must be at least 0 and at most WAKEUP_MAX_RATE (%v)", cfg.WakeupResumeRate, cfg.WakeupMaxRate)
+	case cfg.WakeupMaxWaiters < 0:
+		return errors.New("WAKEUP_MAX_WAITERS must not be negative (0 turns the check off)")
 	case cfg.Stream.MaxAge < 0:
 		return errors.New("STREAM_MAX_AGE must not be negative (0 keeps changes forever)")
 	}
 	return nil
+}
+
+// relayConfig is the relay's part of the configuration.
+func (cfg Config) relayConfig() relayConfig {
+	return relayConfig{batchSize: cfg.BatchSize, pollInterval: cfg.PollInterval,
+		idleAfter: cfg.IdleAfter, safetyPollInterval: cfg.SafetyPollInterval, rateWindow: cfg.RateWindow,
+		policy: wakeupPolicy{maxRate: cfg.WakeupMaxRate, resumeRate: cfg.WakeupResumeRate}, maxNotifyWaiters: cfg.WakeupMaxWaiters}
 }

@@ -24,6 +24,8 @@ type bridgeMetrics struct {
 	wakeupWanted      prometheus.Gauge
 	notifyQueueUsage  prometheus.Gauge
 	pruned            prometheus.Counter
+	changeRate        prometheus.Gauge
+	notifyThrottled   prometheus.Counter
 	foreignMessages   prometheus.Counter
 }
 
@@ -48,7 +50,7 @@ func newBridgeMetrics(reg prometheus.Registerer) *bridgeMetrics {
 		cursor: prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "cursor_seq",
 			Help: "Every change up to this seq is in JetStream."}),
 		polls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "polls_total",
-			Help: "Reads of the change log, by what started them (flowing, wakeup, safety, reconnect)."}, []string{"reason"}),
+			Help: "Reads of the change log, by what started them (start, flowing, switching, wakeup, backlog, safety, reconnect, retry)."}, []string{"reason"}),
 		listenerReconnect: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "listener_reconnects_total",
 			Help: "Reconnections of the LISTEN connection to PostgreSQL."}),
 		natsReconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "nats_reconnects_total",
@@ -64,6 +66,11 @@ func newBridgeMetrics(reg prometheus.Registerer) *bridgeMetrics {
 		foreignMessages: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "foreign_messages_total",
 			Help: "Messages found newest on a product subject of the stream that the bridge did not publish (no change seq in Nats-Msg-Id, or a body that is not that change); the bridge publishes its change over them."}),
 	}
+	m.changeRate = prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "change_rate",
+		Help: "The relay's estimate of changes per second (moving average over RATE_WINDOW); it decides between NOTIFY wake-ups and reading continuously."})
+	m.notifyThrottled = prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "notify_throttled_total",
+		Help: "Switches to continuous reading because writers queued on NOTIFY's commit lock (WAKEUP_MAX_WAITERS), not because of the rate."})
+	reg.MustRegister(m.changeRate, m.notifyThrottled)
 	reg.MustRegister(m.changesPublished, m.duplicates, m.skippedPublished, m.publishFailures, m.publishLatency,
 		m.lagChanges, m.lagSeconds, m.cursor, m.polls, m.listenerReconnect, m.natsReconnects, m.leader,
 		m.wakeupWanted, m.notifyQueueUsage, m.pruned, m.foreignMessages)

@@ -7,12 +7,14 @@ import (
 	"time"
 )
 
-// The relay's modes. While changes flow it reads the change log every
-// pollInterval and writers do not NOTIFY (the flag is off): NOTIFY would
-// serialise their commits. When the log stays empty for idleAfter it turns
-// the flag on, keeps reading until every transaction that might have read the
-// flag as off has ended, and then waits for a notification (or the safety
-// poll) before reading again.
+// The relay's modes. Which one it is in is decided by the rate of changes
+// (see wakeupPolicy): while few changes come, writers NOTIFY (the flag is
+// on) and the relay reads the log only when woken; while many come, writers
+// do not NOTIFY (it would serialise their commits) and the relay reads the
+// log every pollInterval. When the rate falls below the resume rate, or the
+// log stays empty for idleAfter, it turns the flag on, keeps reading until
+// every transaction that might have read the flag as off has ended, and then
+// waits for a notification (or the safety poll) before reading again.
 type relayMode int
 
 const (
@@ -27,7 +29,23 @@ type relayConfig struct {
 	pollInterval       time.Duration
 	idleAfter          time.Duration
 	safetyPollInterval time.Duration
+	rateWindow         time.Duration // the rate estimate's window (see rateEstimator)
+	policy             wakeupPolicy
+	maxNotifyWaiters   int // this many writers queueing on NOTIFY's commit lock: read continuously; 0: never
 }
+
+// throttledHold is how long the relay keeps reading continuously after
+// writers were seen queueing on NOTIFY's commit lock, whatever the rate:
+// while NOTIFY throttles the writers, the rate they reach says little about
+// the rate they want, and going straight back to wake-ups would only
+// throttle them again. When it happens again within throttledHoldMax of the
+// last hold's end, the hold doubles, up to throttledHoldMax: a database
+// too busy for NOTIFY at a low rate settles on continuous reading instead
+// of switching back and forth.
+const (
+	throttledHold    = time.Second
+	throttledHoldMax = 30 * time.Second
+)
 
 // relay carries the change log to JetStream for as long as its bridge leads.
 // All its state is owned by the goroutine that calls run.
@@ -49,10 +67,14 @@ type relay struct {
 	verifyUpTo  int64 // rows up to this seq may already be in the stream (published before a restart)
 	verifyExtra int   // and so may this many rows above it
 
-	mode        relayMode
-	switchBound uint64 // a transaction id taken after the flag went on
-	lastChange  time.Time
-	safetyTimer *time.Timer
+	mode           relayMode
+	switchBound    uint64 // a transaction id taken after the flag went on
+	lastChange     time.Time
+	rate           rateEstimator
+	throttledUntil time.Time     // see throttledHold
+	throttledFor   time.Duration // the last hold
+	waitersAt      time.Time     // when a read last counted the writers waiting for NOTIFY's lock
+	safetyTimer    *time.Timer
 }
 
 // run relays until ctx ends (it then returns ctx's error) or the database
@@ -77,6 +99,7 @@ func (r *relay) run(ctx context.Context) error {
 		return err
 	}
 	r.lastChange = time.Now()
+	r.rate = rateEstimator{window: r.cfg.rateWindow}
 	r.safetyTimer = time.NewTimer(r.cfg.safetyPollInterval)
 	defer r.safetyTimer.Stop()
 
@@ -110,47 +133,95 @@ func (r *relay) run(ctx context.Context) error {
 func (r *relay) next(ctx context.Context, n int, snap snapshot) (string, error) {
 	now := time.Now()
 	if n > 0 {
-		sinceLast := now.Sub(r.lastChange)
 		r.lastChange = now
-		if r.mode == modeIdle && sinceLast >= r.cfg.idleAfter && n < r.cfg.batchSize {
-			// A trickle: one wake-up per change costs less than reading
-			// continuously, so stay idle until changes come faster.
-			return r.waitWakeup(ctx)
-		}
-		if r.mode != modeFlowing {
-			if err := r.setMode(ctx, modeFlowing); err != nil {
-				return "", err
-			}
-		}
-		if n >= r.cfg.batchSize {
-			return "flowing", nil // more is waiting: read again at once
-		}
+		r.rate.add(now, n)
 	}
+	rate := r.rate.estimate(now)
+	r.metrics.changeRate.Set(rate)
+	backlog := n >= r.cfg.batchSize // more is waiting: read again at once
 	switch r.mode {
 	case modeFlowing:
-		if n == 0 && now.Sub(r.lastChange) >= r.cfg.idleAfter {
+		if backlog {
+			return "flowing", nil
+		}
+		quiet := n == 0 && now.Sub(r.lastChange) >= r.cfg.idleAfter
+		slow := !r.cfg.policy.readContinuously(true, rate) && now.After(r.throttledUntil)
+		if quiet || slow {
 			if err := r.setMode(ctx, modeSwitching); err != nil {
 				return "", err
 			}
 			return "switching", nil
 		}
 	case modeSwitching:
+		if n > 0 && r.tooFastForNotify(now, rate, snap) {
+			if err := r.setMode(ctx, modeFlowing); err != nil {
+				return "", err
+			}
+			if backlog {
+				return "flowing", nil
+			}
+			break
+		}
+		if backlog {
+			return "switching", nil
+		}
 		// This read saw nothing, and its snapshot is later than the end of
 		// every transaction that may have read the flag as off: whatever
 		// commits from now on notifies.
-		if snap.xmin >= r.switchBound {
+		if n == 0 && snap.xmin >= r.switchBound {
 			if err := r.setMode(ctx, modeIdle); err != nil {
 				return "", err
 			}
 			return r.waitWakeup(ctx)
 		}
 	case modeIdle:
+		if n > 0 && r.tooFastForNotify(now, rate, snap) {
+			// Changes come fast enough for NOTIFY to cost the writers
+			// more than reading continuously costs the bridge.
+			if err := r.setMode(ctx, modeFlowing); err != nil {
+				return "", err
+			}
+			if backlog {
+				return "flowing", nil
+			}
+			break
+		}
+		if backlog {
+			// A large transaction, not a high rate: read on, stay idle.
+			return "backlog", nil
+		}
+		// A trickle: a read per wake-up costs less than reading
+		// continuously, and it delivers sooner.
 		return r.waitWakeup(ctx)
 	}
 	if !sleep(ctx, r.cfg.pollInterval) {
 		return "", ctx.Err()
 	}
 	return r.mode.String(), nil
+}
+
+// tooFastForNotify reports, in a mode where writers notify, whether they
+// should stop: the rate reached WAKEUP_MAX_RATE, or writers were seen
+// queueing on NOTIFY's commit lock (then the rate cannot reach the
+// threshold: the lock caps it, at one commit per WAL flush or worse on a
+// busy machine).
+func (r *relay) tooFastForNotify(now time.Time, rate float64, snap snapshot) bool {
+	if r.cfg.policy.readContinuously(false, rate) {
+		return true
+	}
+	if r.cfg.maxNotifyWaiters > 0 && snap.notifyWaiters >= r.cfg.maxNotifyWaiters {
+		r.metrics.notifyThrottled.Inc()
+		if now.Before(r.throttledUntil.Add(throttledHoldMax)) {
+			r.throttledFor = min(2*r.throttledFor, throttledHoldMax)
+		} else {
+			r.throttledFor = throttledHold
+		}
+		r.throttledUntil = now.Add(r.throttledFor)
+		r.logger.Debug("writers queue on NOTIFY's commit lock: reading continuously",
+			"waiters", snap.notifyWaiters, "rate", rate, "for", r.throttledFor)
+		return true
+	}
+	return false
 }
 
 // waitWakeup waits for a notification, a listener reconnect or the safety
@@ -199,7 +270,15 @@ func (r *relay) step(ctx context.Context, reason string) (int, snapshot, error) 
 	if err := r.reader.open(ctx); err != nil {
 		return 0, snapshot{}, err
 	}
-	snap, gapRows, rows, err := r.reader.read(ctx, r.highSeq, r.gaps, r.cfg.batchSize)
+	// Counting the waiters reads every backend's status (a millisecond
+	// or more on a busy server): only in wake-up modes, while changes
+	// come, and at most once per rate window.
+	countWaiters := r.mode != modeFlowing && r.cfg.maxNotifyWaiters > 0 &&
+		time.Since(r.lastChange) < r.cfg.idleAfter && time.Since(r.waitersAt) >= r.cfg.rateWindow
+	if countWaiters {
+		r.waitersAt = time.Now()
+	}
+	snap, gapRows, rows, err := r.reader.read(ctx, r.highSeq, r.gaps, r.cfg.batchSize, countWaiters)
 	if err != nil {
 		return 0, snapshot{}, err
 	}

@@ -2,8 +2,12 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func rowsOf(seqs ...int64) []changeRow {
@@ -95,5 +99,42 @@ func TestMayBePublished(t *testing.T) {
 	}
 	if fmt.Sprint(got) != "[true true true true false true]" {
 		t.Errorf("mayBePublished = %v", got)
+	}
+}
+
+// TestThrottledHold: writers queueing on NOTIFY's lock end wake-ups
+// whatever the rate, for a hold that doubles while it recurs (up to
+// throttledHoldMax) and starts again at throttledHold after a quiet spell.
+func TestThrottledHold(t *testing.T) {
+	r := &relay{
+		cfg:     relayConfig{policy: wakeupPolicy{maxRate: 200, resumeRate: 100}, maxNotifyWaiters: 3},
+		metrics: newBridgeMetrics(prometheus.NewRegistry()),
+		logger:  slog.New(slog.DiscardHandler),
+	}
+	now := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	if r.tooFastForNotify(now, 50, snapshot{notifyWaiters: 2}) {
+		t.Error("2 waiters (WAKEUP_MAX_WAITERS 3) at 50/s ended wake-ups")
+	}
+	if r.tooFastForNotify(now, 50, snapshot{notifyWaiters: -1}) {
+		t.Error("an uncounted read ended wake-ups")
+	}
+	if !r.tooFastForNotify(now, 250, snapshot{notifyWaiters: -1}) {
+		t.Error("250/s (WAKEUP_MAX_RATE 200) did not end wake-ups")
+	}
+	var holds []time.Duration
+	for range 7 {
+		if !r.tooFastForNotify(now, 50, snapshot{notifyWaiters: 3}) {
+			t.Fatal("3 waiters did not end wake-ups")
+		}
+		holds = append(holds, r.throttledUntil.Sub(now))
+		now = r.throttledUntil.Add(time.Second) // throttled again soon after the hold
+	}
+	if got, want := fmt.Sprint(holds), "[1s 2s 4s 8s 16s 30s 30s]"; got != want {
+		t.Errorf("holds %s, want %s", got, want)
+	}
+	now = r.throttledUntil.Add(throttledHoldMax + time.Second)
+	r.tooFastForNotify(now, 50, snapshot{notifyWaiters: 5})
+	if got := r.throttledUntil.Sub(now); got != throttledHold {
+		t.Errorf("after a quiet spell the hold is %v, want %v", got, throttledHold)
 	}
 }

@@ -199,8 +199,7 @@ func (b *bridge) lead(ctx context.Context) error {
 	wake := make(chan string, 1)
 	var high atomic.Int64
 	r := &relay{
-		cfg: relayConfig{batchSize: b.cfg.BatchSize, pollInterval: b.cfg.PollInterval,
-			idleAfter: b.cfg.IdleAfter, safetyPollInterval: b.cfg.SafetyPollInterval},
+		cfg:     b.cfg.relayConfig(),
 		reader:  &logReader{db: b.db},
 		pub:     newPublisher(b.js, stream, b.cfg.MaxInFlight, b.logger, b.metrics, b.stalls),
 		wake:    wake,

@@ -106,7 +106,8 @@ func (a *arrivals) at(seq int64) (time.Time, bool) {
 }
 
 // TestWakeupRace runs rounds of bursts separated by idle gaps just around
-// IDLE_AFTER (50ms), with REPEATABLE READ transactions that take their
+// IDLE_AFTER (50ms), with rate thresholds low enough that a burst of a few
+// changes switches NOTIFY off, with REPEATABLE READ transactions that take their
 // snapshot before a gap and write after it, and transactions that write at
 // the end of a burst (when writers are told not to notify) and commit after
 // the gap (when the bridge may have gone idle). Every change must be
@@ -122,6 +123,10 @@ func TestWakeupRace(t *testing.T) {
 	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
 		"SAFETY_POLL_INTERVAL": "1h",
 		"IDLE_AFTER":           "50ms",
+		// Low rate thresholds: even a short burst switches NOTIFY off,
+		// so that most rounds race the switch both ways.
+		"WAKEUP_MAX_RATE":    "20",
+		"WAKEUP_RESUME_RATE": "10",
 	}))
 	b.waitReady(t)
 	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)

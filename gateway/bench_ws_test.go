@@ -15,11 +15,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/productwatch/productwatch/pkg/change"
 	"github.com/productwatch/productwatch/pkg/testenv"
@@ -29,12 +31,25 @@ import (
 // at 1,000 changes/s; with and without a client next to them that never
 // reads (a tiny receive buffer, so its socket really stalls). The stalled
 // client must not move the others' latency (from the event's changedAt, set
-// at publish time, to its arrival at the reader).
+// at publish time, to its arrival at the reader). hot: 1,000 clients watch
+// one product that changes 200 times a second (S2's shape). Besides the
+// latency it reports the messages per socket write, the share of deliveries
+// conflated, and the test process's CPU time (gateway, NATS and the reading
+// clients together) per delivery.
 func BenchmarkDeliveryLatency(b *testing.B) {
-	for _, stalled := range []int{0, 1} {
-		b.Run(fmt.Sprintf("readers=100/stalled=%d", stalled), func(b *testing.B) {
+	cases := []struct {
+		name                       string
+		readers, products, stalled int
+		interval                   time.Duration
+	}{
+		{"readers=100/stalled=0", 100, 50, 0, time.Millisecond},
+		{"readers=100/stalled=1", 100, 50, 1, time.Millisecond},
+		{"hot/readers=1000/products=1/rate=200", 1000, 1, 0, 5 * time.Millisecond},
+	}
+	for _, tc := range cases {
+		b.Run(tc.name, func(b *testing.B) {
 			g := newWSGateway(b, nil, nil, func(c *Config) { c.WSWriteTimeout, c.WSSlowClientAfter = time.Minute, time.Minute })
-			const products, readers = 50, 100
+			products, readers, stalled := tc.products, tc.readers, tc.stalled
 			ids := make([]int64, products)
 			for i := range ids {
 				ids[i] = int64(i + 1)
@@ -73,8 +88,11 @@ func BenchmarkDeliveryLatency(b *testing.B) {
 				})
 			}
 			pad := strings.Repeat("x", 1000)
-			tick := time.NewTicker(time.Millisecond)
+			tick := time.NewTicker(tc.interval)
 			defer tick.Stop()
+			var before syscall.Rusage
+			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &before)
+			writesBefore, msgsBefore := histogram(b, g.g.ws.metrics.batchMessages)
 			b.ResetTimer()
 			for n := range want {
 				<-tick.C
@@ -87,10 +105,20 @@ func BenchmarkDeliveryLatency(b *testing.B) {
 			go func() { wg.Wait(); close(done) }()
 			select {
 			case <-done:
-			case <-time.After(30 * time.Second):
-				b.Fatal("readers did not get every change within 30 s")
+			case <-time.After(30*time.Second + time.Duration(want*readers)*20*time.Microsecond):
+				// every version to every reader that keeps up: the readers
+				// in this process must be able to read them all
+				b.Fatalf("readers did not get every change within %v", 30*time.Second+time.Duration(want*readers)*20*time.Microsecond)
 			}
 			b.StopTimer()
+			var after syscall.Rusage
+			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &after)
+			writes, msgs := histogram(b, g.g.ws.metrics.batchMessages)
+			cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
+			deliveries := float64(want * readers)
+			b.ReportMetric(float64(cpu.Microseconds())/deliveries, "cpu_us/delivery")
+			b.ReportMetric(float64(msgs-msgsBefore)/float64(max(writes-writesBefore, 1)), "msgs/write")
+			b.ReportMetric(testutil.ToFloat64(g.g.ws.metrics.conflated)/deliveries, "conflated/delivery")
 			var all []time.Duration
 			for _, l := range latencies {
 				all = append(all, l...)
@@ -160,16 +188,34 @@ func rssKiB(pid int) (int64, error) {
 }
 
 // BenchmarkIdleConnectionMemory runs the real gateway binary and opens
-// 10,000 WebSocket connections, each watching 5 of 1,000 products, then
-// reports the gateway's resident memory per connection (RSS after minus RSS
-// before, over the connections). Target: at most 10 KiB each.
+// 10,000 WebSocket connections (BENCH_IDLE_CONNS), each watching 5 of 1,000
+// products, then reports the gateway's resident memory per connection (RSS
+// after minus RSS before, over the connections). Target: at most 10 KiB
+// each. The connections come from many source addresses in 127.0.0.0/8, so
+// that ephemeral ports do not run short; the file descriptor limit (the
+// test process and the gateway each hold one per connection) caps them.
 func BenchmarkIdleConnectionMemory(b *testing.B) {
-	const conns, perConn, products = 10000, 5, 1000
+	const perConn, products = 5, 1000
+	conns := 10000
+	if n, err := strconv.Atoi(os.Getenv("BENCH_IDLE_CONNS")); err == nil && n > 0 {
+		conns = n
+	}
 	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < 4*conns {
-		lim.Cur = max(lim.Cur, min(lim.Max, 4*conns))
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < uint64(4*conns) {
+		lim.Cur = max(lim.Cur, min(lim.Max, uint64(4*conns)))
 		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) // the gateway inherits it
 	}
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < uint64(conns)+500 {
+		b.Fatalf("RLIMIT_NOFILE is %d (hard %d): too few for %d connections", lim.Cur, lim.Max, conns)
+	}
+	var source atomic.Uint32
+	dialer := &net.Dialer{}
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		n := source.Add(1)
+		d := *dialer
+		d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, byte(1+n/250%250), byte(1+n%250))}
+		return d.DialContext(ctx, network, addr)
+	}}}
 	path, err := buildProgram("gateway")
 	if err != nil {
 		b.Fatal(err)
@@ -181,9 +227,26 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
+	// pprof on its own port: a heap profile with gc=1 collects the garbage
+	// before each measurement, so that GC timing does not move the figures.
+	debugAddr := os.Getenv("BENCH_DEBUG_ADDR")
+	if debugAddr == "" {
+		dl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		debugAddr = dl.Addr().String()
+		dl.Close()
+	}
+	collect := func() {
+		if resp, err := http.Get("http://" + debugAddr + "/debug/pprof/heap?gc=1"); err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
 	cmd := exec.Command(path)
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "NATS_USER="+n.Gateway.User, "NATS_PASSWORD="+n.Gateway.Password, "LISTEN_ADDR="+addr,
-		"INSECURE_HTTP=true", "WS_MAX_CONNECTIONS=20000", "LOG_LEVEL=warn", "API_TOKEN=", "DEBUG_ADDR="+os.Getenv("BENCH_DEBUG_ADDR"))
+		"INSECURE_HTTP=true", "WS_MAX_CONNECTIONS="+strconv.Itoa(conns+1000), "LOG_LEVEL=warn", "API_TOKEN=", "DEBUG_ADDR="+debugAddr)
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -193,6 +256,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 		_ = cmd.Wait()
 	}()
 	waitReady(b, "the gateway", "http://"+addr)
+	collect()
 	before, err := rssKiB(cmd.Process.Pid)
 	if err != nil {
 		b.Fatal(err)
@@ -206,7 +270,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 		wg.Go(func() {
 			for i := range next {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				ws, _, err := websocket.Dial(ctx, "ws://"+addr+"/websocket", nil)
+				ws, _, err := websocket.Dial(ctx, "ws://"+addr+"/websocket", &websocket.DialOptions{HTTPClient: client})
 				if err != nil {
 					cancel()
 					errs <- err
@@ -238,11 +302,19 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	for err := range errs {
 		b.Fatal(err)
 	}
+	// Idle means idle: the writers that sent the acks end after a second or
+	// two without work. Wait (at most 20 s) until only the readers are left.
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if n, ok := gatewayMetric("http://"+addr+"/metrics", "go_goroutines "); ok && n <= float64(conns)*1.01+100 {
+			break
+		}
+	}
+	collect()
 	after, err := rssKiB(cmd.Process.Pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.ReportMetric(float64(after-before)/conns, "KiB/conn")
+	b.ReportMetric(float64(after-before)/float64(conns), "KiB/conn")
 	b.ReportMetric(float64(after)/1024, "rss_MiB")
 	if resp, err := http.Get("http://" + addr + "/metrics"); err == nil {
 		body, _ := io.ReadAll(resp.Body)
@@ -252,15 +324,15 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 				if v, ok := strings.CutPrefix(line, name); ok {
 					f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
 					if name == "go_goroutines " {
-						b.ReportMetric(f/conns, "goroutines/conn")
+						b.ReportMetric(f/float64(conns), "goroutines/conn")
 					} else {
-						b.ReportMetric(f/1024/conns, strings.TrimSuffix(strings.TrimPrefix(name, "go_memstats_"), "_bytes ")+"_KiB/conn")
+						b.ReportMetric(f/1024/float64(conns), strings.TrimSuffix(strings.TrimPrefix(name, "go_memstats_"), "_bytes ")+"_KiB/conn")
 					}
 				}
 			}
 		}
 	}
-	if debug, out := os.Getenv("BENCH_DEBUG_ADDR"), os.Getenv("BENCH_HEAP_PROFILE"); debug != "" && out != "" {
+	if debug, out := debugAddr, os.Getenv("BENCH_HEAP_PROFILE"); out != "" {
 		// make bench-profile: keep the gateway's heap profile with every socket open
 		if resp, err := http.Get("http://" + debug + "/debug/pprof/heap?gc=1"); err == nil {
 			data, _ := io.ReadAll(resp.Body)
@@ -273,4 +345,21 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 			ws.CloseNow()
 		}
 	}
+}
+
+// gatewayMetric reads one unlabelled metric from a /metrics page.
+func gatewayMetric(url, name string) (float64, bool) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/productwatch/productwatch/pkg/broker"
 	"github.com/productwatch/productwatch/pkg/envflag"
+	"github.com/productwatch/productwatch/pkg/hub"
 	"github.com/productwatch/productwatch/pkg/logging"
 )
 
@@ -42,6 +43,10 @@ type Config struct {
 	WSWriteTimeout     time.Duration // WS_WRITE_TIMEOUT: a write or ping slower than this drops the client
 	WSPingInterval     time.Duration // WS_PING_INTERVAL
 	WSSlowClientAfter  time.Duration // WS_SLOW_CLIENT_AFTER: a change waiting longer than this drops the client
+
+	WSConflateAfter     time.Duration // WS_CONFLATE_AFTER: a client whose oldest waiting change is older is conflated
+	WSConflateMaxEvents int           // WS_CONFLATE_MAX_EVENTS: ... or with more changes than this waiting
+	WSConflateMaxBytes  int           // WS_CONFLATE_MAX_BYTES: ... or with more bytes of changes than this waiting
 }
 
 // defaultDatabaseURL is the local PostgreSQL service of a development machine.
@@ -73,6 +78,9 @@ func loadConfig(args []string) (Config, error) {
 	set.Duration(&cfg.WSWriteTimeout, "ws-write-timeout", "WS_WRITE_TIMEOUT", 10*time.Second, "a socket write or ping slower than this drops the client")
 	set.Duration(&cfg.WSPingInterval, "ws-ping-interval", "WS_PING_INTERVAL", 30*time.Second, "ping idle clients this often")
 	set.Duration(&cfg.WSSlowClientAfter, "ws-slow-client-after", "WS_SLOW_CLIENT_AFTER", 15*time.Second, "a change waiting in a client's queue longer than this drops the client (close 4008)")
+	set.Duration(&cfg.WSConflateAfter, "ws-conflate-after", "WS_CONFLATE_AFTER", hub.DefaultConflateAfter, "a client whose oldest waiting change is older than this has its waiting changes conflated per product (latest version) until it catches up")
+	set.Int(&cfg.WSConflateMaxEvents, "ws-conflate-max-events", "WS_CONFLATE_MAX_EVENTS", hub.DefaultConflateMaxEvents, "a client with more changes than this waiting has them conflated per product until it catches up (see -ws-conflate-after)")
+	set.Int(&cfg.WSConflateMaxBytes, "ws-conflate-max-bytes", "WS_CONFLATE_MAX_BYTES", hub.DefaultConflateMaxBytes, "a client with more bytes of changes than this waiting has them conflated per product until it catches up (see -ws-conflate-after)")
 	cfg.NATSAuth.Register(fs)
 	cfg.Log.Register(set)
 	fs.SetOutput(os.Stderr)
@@ -110,6 +118,7 @@ func (cfg Config) wsConfig() wsConfig {
 		pingInterval:     cfg.WSPingInterval,
 		slowAfter:        cfg.WSSlowClientAfter,
 		maxUnreadAnswers: 64,
+		conflation:       hub.Conflation{After: cfg.WSConflateAfter, MaxEvents: cfg.WSConflateMaxEvents, MaxBytes: cfg.WSConflateMaxBytes},
 	}
 }
 
@@ -133,6 +142,8 @@ func (cfg Config) validate() error {
 		return errors.New("WS_COMMAND_RATE and WS_COMMAND_BURST must be positive")
 	case cfg.WSWriteTimeout <= 0 || cfg.WSPingInterval <= 0 || cfg.WSSlowClientAfter <= 0:
 		return errors.New("WS_WRITE_TIMEOUT, WS_PING_INTERVAL and WS_SLOW_CLIENT_AFTER must be positive")
+	case cfg.WSConflateAfter <= 0 || cfg.WSConflateMaxEvents < 1 || cfg.WSConflateMaxBytes < 1:
+		return errors.New("WS_CONFLATE_AFTER, WS_CONFLATE_MAX_EVENTS and WS_CONFLATE_MAX_BYTES must be positive")
 	}
 	for _, p := range cfg.originPatterns() {
 		if p == "*" {

@@ -126,6 +126,9 @@ func TestConfigValidation(t *testing.T) {
 		{name: "tiny body limit", args: []string{"-max-body-bytes", "10"}},
 		{name: "bad env bool", env: map[string]string{"INSECURE_HTTP": "maybe"}},
 		{name: "unknown flag", args: []string{"-nope"}},
+		{name: "conflate after zero", env: map[string]string{"WS_CONFLATE_AFTER": "0s"}},
+		{name: "conflate max events zero", args: []string{"-ws-conflate-max-events", "0"}},
+		{name: "conflate max bytes negative", env: map[string]string{"WS_CONFLATE_MAX_BYTES": "-1"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

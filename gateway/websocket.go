@@ -1,13 +1,9 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -41,6 +37,7 @@ type wsConfig struct {
 	pingInterval     time.Duration
 	slowAfter        time.Duration
 	maxUnreadAnswers int
+	conflation       hub.Conflation // when a client's queue conflates (ws_writer.go)
 }
 
 // wsServer serves /websocket: it upgrades, then runs one wsConn per socket
@@ -58,10 +55,12 @@ type wsServer struct {
 	slots    int // sockets open or being upgraded: at most cfg.maxConnections
 	draining bool
 	nextID   atomic.Uint64
+
+	batchBuffers *sync.Pool // the writers' batch buffers (ws_writer.go)
 }
 
 func newWSServer(base context.Context, cfg wsConfig, h *hub.Hub, cu *catchUp, logger *slog.Logger, m *wsMetrics) *wsServer {
-	return &wsServer{cfg: cfg, hub: h, catchUp: cu, logger: logger, metrics: m, base: base, conns: make(map[*wsConn]struct{})}
+	return &wsServer{cfg: cfg, hub: h, catchUp: cu, logger: logger, metrics: m, base: base, conns: make(map[*wsConn]struct{}), batchBuffers: newBatchPool()}
 }
 
 // queued returns how many messages wait in all connections' queues (for the
@@ -98,7 +97,8 @@ func (s *wsServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(marshalError(&apiError{Code: codeUnavailable, Message: refuse}))
 		return
 	}
-	ws, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{
+	sb := &smallBuffers{ResponseWriter: w, writeTimeout: s.cfg.writeTimeout, pool: s.batchBuffers}
+	ws, err := websocket.Accept(sb, r, &websocket.AcceptOptions{
 		OriginPatterns:  s.cfg.originPatterns,
 		CompressionMode: websocket.CompressionDisabled,
 	})
@@ -118,7 +118,7 @@ func (s *wsServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		subs:     make(map[int64]struct{}),
 		limit:    rate.NewLimiter(s.cfg.commandRate, s.cfg.commandBurst),
 	}
-	c.outbox.OnConflate(s.metrics.conflated.Inc)
+	s.setUpWriter(c, sb)
 	if !s.add(c) {
 		s.release()
 		_ = ws.Close(websocket.StatusGoingAway, "the gateway is shutting down")
@@ -207,15 +207,7 @@ type wsConn struct {
 	reason   atomic.Pointer[closeReason] // why the gateway closed it; the first reason wins
 	finished chan struct{}
 
-	// The writer runs only while there is something to write (an idle
-	// socket then costs one goroutine, the reader's); pings run from a
-	// timer. writeCtx is set before either can start.
-	writeCtx context.Context
-	wmu      sync.Mutex // guards writing and closed
-	writing  bool       // a drain goroutine is running
-	closed   bool       // run is ending: start nothing more
-	writers  sync.WaitGroup
-	ping     *time.Timer
+	w connWriter // the writer goroutine's side (ws_writer.go)
 }
 
 // closeReason is why the gateway ended a connection: its close code, text
@@ -239,17 +231,12 @@ func (c *wsConn) stop(code websocket.StatusCode, text, metric string) {
 	}
 }
 
-// run reads commands until the socket ends, while drain goroutines write
-// what the outbox holds; then it gives the subscriptions back. Cancelling
+// run reads commands until the socket ends, while the writer writes what
+// the outbox holds; then it gives the subscriptions back. Cancelling
 // base (the server going away without a drain) drops the socket at once.
 func (c *wsConn) run(base context.Context) {
 	defer close(c.finished)
-	writeCtx, stopWriter := context.WithCancel(base)
-	c.writeCtx = writeCtx
-	c.outbox.OnReady(c.kick)
-	c.wmu.Lock()
-	c.ping = time.AfterFunc(c.srv.cfg.pingInterval, c.pinger)
-	c.wmu.Unlock()
+	stopWriter := c.startWriter()
 
 	readErr := c.read(base)
 	if r, ok := readErr.(*closeReason); ok {
@@ -258,13 +245,7 @@ func (c *wsConn) run(base context.Context) {
 			_ = c.ws.Close(r.code, r.text)
 		}
 	}
-	c.wmu.Lock()
-	c.closed = true
-	c.ping.Stop()
-	c.wmu.Unlock()
 	stopWriter()
-	c.writers.Wait() // every Add happened under wmu before closed was set
-	c.ws.CloseNow()
 
 	ids := make([]int64, 0, len(c.subs))
 	for id := range c.subs {
@@ -394,147 +375,6 @@ func (c *wsConn) answer(msg []byte) {
 		c.stop(websocket.StatusPolicyViolation, "too many unread answers: read what you are sent", "unread_answers")
 	}
 }
-
-// kick is the outbox's ready hook: it starts a drain goroutine unless one
-// runs or the connection is ending.
-func (c *wsConn) kick() {
-	c.wmu.Lock()
-	if c.writing || c.closed {
-		c.wmu.Unlock()
-		return
-	}
-	c.writing = true
-	c.writers.Add(1)
-	c.wmu.Unlock()
-	go c.drain()
-}
-
-// drain writes what the outbox holds and ends when it is empty. It drops
-// the client when a write times out or an event has waited too long.
-func (c *wsConn) drain() {
-	defer c.writers.Done()
-	ctx := c.writeCtx
-	for {
-		msg, queued, ok := c.outbox.Pop()
-		if !ok {
-			c.wmu.Lock()
-			// Something queued after Pop found nothing saw writing set and
-			// started nothing: look again before leaving.
-			if c.closed || c.outbox.Len() == 0 {
-				c.writing = false
-				c.wmu.Unlock()
-				return
-			}
-			c.wmu.Unlock()
-			continue
-		}
-		if ctx.Err() != nil {
-			c.wmu.Lock()
-			c.writing = false
-			c.wmu.Unlock()
-			return
-		}
-		if !queued.IsZero() && time.Since(queued) > c.srv.cfg.slowAfter {
-			c.stop(closeTooSlow, "too slow: changes waited over "+c.srv.cfg.slowAfter.String(), "slow")
-			c.wmu.Lock()
-			c.writing = false
-			c.wmu.Unlock()
-			return
-		}
-		wctx, cancel := context.WithTimeout(ctx, c.srv.cfg.writeTimeout)
-		err := c.ws.Write(wctx, websocket.MessageText, msg)
-		timedOut := errors.Is(wctx.Err(), context.DeadlineExceeded)
-		cancel()
-		if err != nil {
-			// A deadline (not a cancel) means the socket is stuck: no close
-			// frame can get through. coder/websocket closed it already, so
-			// the reader may have ended first: record the reason even if
-			// ctx is cancelled by now.
-			if timedOut {
-				c.reason.CompareAndSwap(nil, &closeReason{code: websocket.StatusPolicyViolation, text: "write timeout", metric: "write_timeout"})
-				c.ws.CloseNow()
-			}
-			c.wmu.Lock()
-			c.writing = false
-			c.wmu.Unlock()
-			return
-		}
-		c.srv.metrics.sent(msg, queued)
-	}
-}
-
-// pinger pings the client from the ping timer and re-arms it; a ping that
-// gets no pong within the write timeout drops the client.
-func (c *wsConn) pinger() {
-	c.wmu.Lock()
-	if c.closed {
-		c.wmu.Unlock()
-		return
-	}
-	c.writers.Add(1)
-	c.wmu.Unlock()
-	defer c.writers.Done()
-	pctx, cancel := context.WithTimeout(c.writeCtx, c.srv.cfg.writeTimeout)
-	err := c.ws.Ping(pctx)
-	timedOut := errors.Is(pctx.Err(), context.DeadlineExceeded)
-	cancel()
-	if err != nil {
-		if timedOut {
-			c.reason.CompareAndSwap(nil, &closeReason{code: websocket.StatusPolicyViolation, text: "ping timeout", metric: "ping_timeout"})
-			c.ws.CloseNow()
-		}
-		return
-	}
-	c.wmu.Lock()
-	if !c.closed {
-		c.ping.Reset(c.srv.cfg.pingInterval)
-	}
-	c.wmu.Unlock()
-}
-
-// socketBufferSize is the read and write buffer of an upgraded socket.
-// net/http hands a hijacked connection 4 KiB buffers each way, which an idle
-// socket would keep for its whole life; client commands are small, and
-// events larger than the write buffer bypass it anyway.
-const socketBufferSize = 512
-
-// smallBuffers gives coder/websocket socketBufferSize buffers instead of
-// net/http's: two thirds of a socket's idle heap otherwise
-// (BenchmarkIdleConnectionMemory, BENCHMARKS.md).
-type smallBuffers struct{ http.ResponseWriter }
-
-// Hijack takes the connection over, keeping the bytes net/http had already
-// read (a client may send its first command right after the handshake).
-func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	hj, ok := w.ResponseWriter.(http.Hijacker)
-	if !ok {
-		return nil, nil, errors.New("the response writer cannot be hijacked")
-	}
-	conn, brw, err := hj.Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	buffered, _ := brw.Reader.Peek(brw.Reader.Buffered())
-	pending := bytes.Clone(buffered)
-	if err := brw.Writer.Flush(); err != nil {
-		conn.Close()
-		return nil, nil, err
-	}
-	// The pending bytes must sit in the new reader's buffer, not behind it:
-	// coder/websocket re-points the reader at the bare connection, keeping
-	// only what is buffered.
-	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(pending), conn), max(socketBufferSize, len(pending)))
-	if len(pending) > 0 {
-		if _, err := br.Peek(len(pending)); err != nil {
-			conn.Close()
-			return nil, nil, err
-		}
-	}
-	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(conn, socketBufferSize)), nil
-}
-
-// Unwrap lets http.ResponseController reach the underlying writer.
-func (w smallBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // sleepCtx waits d or until ctx ends; it reports whether d passed.
 func sleepCtx(ctx context.Context, d time.Duration) bool {

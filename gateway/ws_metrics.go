@@ -22,6 +22,9 @@ type wsMetrics struct {
 	deliveryLatency prometheus.Histogram
 	queueWait       prometheus.Histogram
 	resyncs         prometheus.Counter
+
+	clientsConflated prometheus.Counter   // connections that fell behind and were conflated
+	batchMessages    prometheus.Histogram // messages per socket write
 }
 
 func newWSMetrics(reg prometheus.Registerer, h *hub.Hub) *wsMetrics {
@@ -57,9 +60,19 @@ func newWSMetrics(reg prometheus.Registerer, h *hub.Hub) *wsMetrics {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: ns + "deliveries_total",
 			Help: "Events handed to connections' queues (one per subscriber)."}, func() float64 { return float64(h.Delivered()) }),
 	)
+	m.clientsConflated = prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "clients_conflated_total",
+		Help: "Times a connection fell behind (its oldest waiting event too old, or its queue too long) and its waiting events began to be conflated per product."})
+	m.batchMessages = prometheus.NewHistogram(prometheus.HistogramOpts{Name: ns + "write_batch_messages",
+		Help:    "Messages written to a socket with one system call (the count is the number of socket writes).",
+		Buckets: []float64{1, 2, 4, 8, 16, 32, 64}})
+	reg.MustRegister(m.clientsConflated, m.batchMessages)
 	reg.MustRegister(allMetrics(h)...)
 	return m
 }
+
+// eventsConflated counts events that a newer one of the same product
+// replaced in a connection's queue (the outbox's hook).
+func (m *wsMetrics) eventsConflated(n int) { m.conflated.Add(float64(n)) }
 
 // sent records a written message; queued is zero for answers.
 func (m *wsMetrics) sent(msg []byte, queued time.Time) {

@@ -144,9 +144,7 @@ func (h *Hub) isAll(msg *nats.Msg) bool { return msg.Sub != nil && msg.Sub.Subje
 // deliverAll hands a product.* message to every watch-all subscriber.
 func (h *Hub) deliverAll(id, version int64, event []byte) {
 	subs := *h.all.subscribers.Load()
-	for _, sub := range subs {
-		sub.Deliver(id, version, event)
-	}
+	h.fanOut(&h.fan[h.dispatcherIndex(id)], subs, id, version, event) // on the product's dispatcher, which owns that state
 	h.delivered.Add(int64(len(subs)))
 }
 

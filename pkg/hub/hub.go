@@ -7,7 +7,10 @@
 // Messages arrive on a few dispatcher goroutines (a product always on the
 // same one, so its order holds) instead of one goroutine per subscription,
 // and are handed to subscribers without copying or re-encoding: every
-// subscriber gets the same bytes.
+// subscriber gets the same bytes. A product with many subscribers is handed
+// out by several goroutines at once (the dispatcher and fan-out helpers),
+// and the dispatcher waits for all of them before its next message, so each
+// subscriber still sees the product's changes in order.
 package hub
 
 import (
@@ -15,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -37,7 +41,15 @@ type Options struct {
 	Dispatchers int           // goroutines handing messages to subscribers, default 8
 	Buffer      int           // messages each dispatcher may hold, default 16384
 	FlushWait   time.Duration // how long Subscribe waits for NATS to confirm new subscriptions, default 5s
-	Logger      *slog.Logger
+	// FanOutChunk is how many subscribers of one product one goroutine
+	// hands a change to; a product with more is shared out among the
+	// dispatcher and up to FanOutHelpers helpers. Default 256.
+	FanOutChunk int
+	// FanOutHelpers are the goroutines that help dispatchers with hot
+	// products, default GOMAXPROCS. Negative: none (the dispatcher hands
+	// out every change alone).
+	FanOutHelpers int
+	Logger        *slog.Logger
 }
 
 // Hub is the table of watched products. Safe for concurrent use.
@@ -46,6 +58,8 @@ type Hub struct {
 	opts        Options
 	shards      []shard
 	dispatchers []chan *nats.Msg
+	fan         []fanState   // per dispatcher, owned by it
+	helpers     chan *fanJob // parts of hot products' fan-outs
 	all         *allWatchers // the watch-all subscribers (all.go)
 	products    atomic.Int64 // products with a NATS subscription
 	received    atomic.Int64 // messages received from NATS
@@ -65,6 +79,21 @@ type entry struct {
 	subscribers atomic.Pointer[[]Subscriber]
 }
 
+// fanJob is a part of one change's fan-out, handed to a helper.
+type fanJob struct {
+	subs        []Subscriber
+	id, version int64
+	data        []byte
+	done        *sync.WaitGroup
+}
+
+// fanState is a dispatcher's reusable fan-out jobs, so that sharing out a
+// change allocates nothing.
+type fanState struct {
+	jobs []fanJob
+	wg   sync.WaitGroup
+}
+
 // ErrClosed is returned by Subscribe after Run has returned.
 var ErrClosed = errors.New("hub closed")
 
@@ -82,10 +111,21 @@ func New(nc *nats.Conn, opts Options) *Hub {
 	if opts.FlushWait <= 0 {
 		opts.FlushWait = 5 * time.Second
 	}
+	if opts.FanOutChunk <= 0 {
+		opts.FanOutChunk = 256
+	}
+	if opts.FanOutHelpers == 0 {
+		opts.FanOutHelpers = runtime.GOMAXPROCS(0)
+	}
+	opts.FanOutHelpers = max(opts.FanOutHelpers, 0)
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	h := &Hub{nc: nc, opts: opts, shards: make([]shard, opts.Shards), dispatchers: make([]chan *nats.Msg, opts.Dispatchers), all: newAllWatchers()}
+	h := &Hub{nc: nc, opts: opts, shards: make([]shard, opts.Shards), dispatchers: make([]chan *nats.Msg, opts.Dispatchers),
+		fan: make([]fanState, opts.Dispatchers), helpers: make(chan *fanJob, opts.Dispatchers*opts.FanOutHelpers), all: newAllWatchers()}
+	for i := range h.fan {
+		h.fan[i].jobs = make([]fanJob, opts.FanOutHelpers)
+	}
 	for i := range h.shards {
 		h.shards[i].products = make(map[int64]*entry)
 	}
@@ -97,17 +137,27 @@ func New(nc *nats.Conn, opts Options) *Hub {
 
 func (h *Hub) shard(id int64) *shard { return &h.shards[uint64(id)%uint64(len(h.shards))] }
 
-func (h *Hub) dispatcher(id int64) chan *nats.Msg {
-	return h.dispatchers[uint64(id)%uint64(len(h.dispatchers))]
-}
+func (h *Hub) dispatcher(id int64) chan *nats.Msg { return h.dispatchers[h.dispatcherIndex(id)] }
 
-// Run delivers messages until ctx ends, then unsubscribes everything.
+func (h *Hub) dispatcherIndex(id int64) int { return int(uint64(id) % uint64(len(h.dispatchers))) }
+
+// Run delivers messages until ctx ends, then unsubscribes everything. Call
+// it once.
 func (h *Hub) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
+	var helpers, wg sync.WaitGroup
+	for range h.opts.FanOutHelpers {
+		helpers.Go(func() {
+			for j := range h.helpers {
+				h.runJob(j)
+			}
+		})
+	}
 	for _, ch := range h.dispatchers {
 		wg.Go(func() { h.dispatch(ctx, ch) })
 	}
 	wg.Wait()
+	close(h.helpers) // no dispatcher waits for a helper any more
+	helpers.Wait()
 	h.closeAll()
 	for i := range h.shards {
 		s := &h.shards[i]
@@ -157,10 +207,52 @@ func (h *Hub) deliver(msg *nats.Msg) {
 		return // the last subscriber left while the message was on its way
 	}
 	subs := *e.subscribers.Load()
-	for _, sub := range subs {
-		sub.Deliver(id, version, msg.Data)
-	}
+	h.fanOut(&h.fan[h.dispatcherIndex(id)], subs, id, version, msg.Data)
 	h.delivered.Add(int64(len(subs)))
+}
+
+// fanOut hands a change to subs: alone when they are few, else shared out
+// among the dispatcher (st is its state) and the helpers, waiting for all
+// parts before returning.
+func (h *Hub) fanOut(st *fanState, subs []Subscriber, id, version int64, data []byte) {
+	chunk := h.opts.FanOutChunk
+	if len(subs) <= chunk || len(st.jobs) == 0 {
+		deliverTo(subs, id, version, data)
+		return
+	}
+	parts := min((len(subs)+chunk-1)/chunk, len(st.jobs)+1)
+	size := (len(subs) + parts - 1) / parts
+	parts = (len(subs) + size - 1) / size // no empty part
+	st.wg.Add(parts - 1)
+	for p := 1; p < parts; p++ {
+		j := &st.jobs[p-1]
+		*j = fanJob{subs: subs[p*size : min((p+1)*size, len(subs))], id: id, version: version, data: data, done: &st.wg}
+		h.helpers <- j
+	}
+	defer func() { // even if a Deliver panics: the jobs are reused by the next change
+		st.wg.Wait()
+		clear(st.jobs[:parts-1]) // keep no message alive
+	}()
+	deliverTo(subs[:size], id, version, data)
+}
+
+// runJob delivers a helper's part of a fan-out. A panicking Deliver is
+// logged and the part given up, so that the dispatcher waiting for it goes
+// on.
+func (h *Hub) runJob(j *fanJob) {
+	defer j.done.Done()
+	defer func() {
+		if v := recover(); v != nil {
+			h.opts.Logger.Error("panic in a fan-out helper; the change did not reach some subscribers", "product_id", j.id, "panic", fmt.Sprint(v))
+		}
+	}()
+	deliverTo(j.subs, j.id, j.version, j.data)
+}
+
+func deliverTo(subs []Subscriber, id, version int64, data []byte) {
+	for _, sub := range subs {
+		sub.Deliver(id, version, data)
+	}
 }
 
 // Subscribe adds sub to the subscribers of ids, subscribing to NATS for the

@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -122,12 +123,43 @@ func TestSubscribeUnsubscribe(t *testing.T) {
 // BenchmarkFanOut measures the hot path: one change of one product handed
 // to 1,000 subscribers' outboxes, as the dispatcher does for each NATS
 // message (parse the subject and version, look the product up, deliver the
-// same bytes to each). It must not allocate.
+// same bytes to each). It must not allocate. keeping-up: a writer empties
+// each outbox every 16 changes (its Pop is counted in); conflating: every
+// outbox has fallen behind and holds one event per product. helpers=0: the
+// dispatcher hands out every change alone.
 func BenchmarkFanOut(b *testing.B) {
-	h, _, _ := startHub(b)
+	for _, helpers := range []int{-1, 0} {
+		for _, mode := range []string{"keeping-up", "conflating"} {
+			name := fmt.Sprintf("%s/helpers=%d", mode, max(helpers, 0))
+			if helpers == 0 {
+				name = mode + "/helpers=GOMAXPROCS"
+			}
+			b.Run(name, func(b *testing.B) { benchmarkFanOut(b, mode == "conflating", helpers) })
+		}
+	}
+}
+
+func benchmarkFanOut(b *testing.B, conflating bool, helpers int) {
+	n := testenv.NATS(b)
+	nc, err := nats.Connect(n.URL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(nc.Close)
+	h := New(nc, Options{FanOutHelpers: helpers})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = h.Run(ctx); close(done) }()
+	b.Cleanup(func() { cancel(); <-done })
 	const subscribers = 1000
-	for range subscribers {
-		if err := h.Subscribe(NewOutbox(8), []int64{1}); err != nil {
+	outboxes := make([]*Outbox, subscribers)
+	for i := range outboxes {
+		outboxes[i] = NewOutbox(8)
+		outboxes[i].OnReady(func() {})
+		if conflating {
+			outboxes[i].SetConflation(Conflation{After: time.Hour, MaxEvents: 1})
+		}
+		if err := h.Subscribe(outboxes[i], []int64{1}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -145,9 +177,72 @@ func BenchmarkFanOut(b *testing.B) {
 			v /= 10
 		}
 		h.deliver(msg)
+		if !conflating && i%16 == 0 {
+			for _, o := range outboxes {
+				for _, _, ok := o.Pop(); ok; _, _, ok = o.Pop() {
+				}
+			}
+		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/subscribers, "ns/delivery")
 	if got := h.Delivered(); got < int64(b.N)*subscribers {
 		b.Fatalf("delivered %d, want %d", got, int64(b.N)*subscribers)
 	}
+}
+
+// TestHotProductInOrder: a product with more subscribers than one goroutine
+// hands out is shared among helpers; every subscriber still gets every
+// version, in order.
+func TestHotProductInOrder(t *testing.T) {
+	t.Parallel()
+	n := testenv.NATS(t)
+	nc, err := nats.Connect(n.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	h := New(nc, Options{FanOutChunk: 7, FanOutHelpers: 3})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = h.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	const subscribers, versions = 50, 500
+	subs := make([]*orderChecker, subscribers)
+	for i := range subs {
+		subs[i] = &orderChecker{}
+		if err := h.Subscribe(subs[i], []int64{1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for v := int64(1); v <= versions; v++ {
+		if err := nc.Publish(change.Subject(1), event(1, v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "every version at every subscriber", func() bool {
+		for _, s := range subs {
+			if s.last.Load() != versions {
+				return false
+			}
+		}
+		return true
+	})
+	for i, s := range subs {
+		if bad := s.outOfOrder.Load(); bad != 0 {
+			t.Errorf("subscriber %d: %d versions out of order or missing", i, bad)
+		}
+	}
+}
+
+// orderChecker counts versions that do not follow the last one by one.
+type orderChecker struct {
+	last, outOfOrder atomic.Int64
+}
+
+func (o *orderChecker) Deliver(_, version int64, _ []byte) {
+	if version != o.last.Load()+1 {
+		o.outOfOrder.Add(1)
+	}
+	o.last.Store(version)
 }

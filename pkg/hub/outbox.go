@@ -10,80 +10,213 @@ import (
 // its last maxControl answers: it sends commands faster than it reads.
 var ErrControlFull = errors.New("too many unread answers")
 
-// Outbox is one connection's queue of messages to write, bounded by the
-// number of products it watches: per product at most one event waits, the
-// newest (a newer one replaces, "conflates", a waiting one; each event
-// carries the whole product, so nothing is lost), and an event at or below a
-// version already queued or written for that product is dropped, so the
-// client never sees a version go backwards, snapshots and resumes included.
-// Answers to commands (acks, errors) wait in a small FIFO of their own and go
-// first.
-//
-// Deliver and Control may be called from any goroutine; Pop from one writer.
-type Outbox struct {
-	mu         sync.Mutex
-	latest     map[int64]int64        // newest version accepted per product
-	pending    map[int64]pendingEvent // the event waiting per product
-	order      []int64                // products with a waiting event, oldest first (from head)
-	head       int
-	control    [][]byte
-	maxControl int
-	ready      chan struct{}
-	conflated  int64
-	stale      int64
-	onConflate func() // optional metric hook; must not block or allocate
-	notify     func() // optional: called instead of signalling ready
+// Conflation says when an Outbox stops keeping every version and conflates
+// (DESIGN.md, guarantee 4). A connection that keeps up gets every event, in
+// order; once its oldest waiting event is older than After, or more than
+// MaxEvents events or MaxBytes bytes of events wait, its waiting events are
+// conflated per product (the newest version of each product replaces the
+// older ones, in the place of the oldest) and stay conflated until the
+// queue is empty again. While conflating, the queue holds at most one event
+// per watched product.
+type Conflation struct {
+	After     time.Duration // default 250ms
+	MaxEvents int           // default 1024
+	MaxBytes  int           // bytes of the waiting events (shared with other connections, not copied), default 1 MiB
 }
 
-// OnReady sets a function called (outside the outbox's lock) each time
-// something is queued, instead of signalling the Ready channel: a writer
-// that runs only while there is something to write starts from it. Set it
-// before the outbox is shared; it must not block.
-func (o *Outbox) OnReady(f func()) { o.notify = f }
+// Defaults of Conflation's zero fields.
+const (
+	DefaultConflateAfter     = 250 * time.Millisecond
+	DefaultConflateMaxEvents = 1024
+	DefaultConflateMaxBytes  = 1 << 20
+)
 
-// OnConflate sets a function called (under the outbox's lock) each time an
-// event replaces a waiting one. Set it before the outbox is shared.
-func (o *Outbox) OnConflate(f func()) { o.onConflate = f }
+// Outbox is one connection's queue of messages to write. Events wait in
+// arrival order, every version of every product, until the connection falls
+// behind (see Conflation); then it keeps only the newest waiting event per
+// product (each event carries the whole product, so nothing is lost but
+// intermediate versions). An event at or below a version already queued or
+// written for its product is dropped, so the client never sees a version go
+// backwards, snapshots and resumes included. Answers to commands (acks,
+// errors) wait in a small FIFO of their own and go first.
+//
+// Deliver and Control may be called from any goroutine; Pop from one
+// writer. Nothing on the delivery path allocates once the queue has grown
+// to its working size.
+type Outbox struct {
+	mu         sync.Mutex
+	latest     map[int64]int64 // newest version accepted per product
+	events     []waiting       // waiting events, oldest first from head
+	head       int
+	bytes      int           // bytes of the waiting events
+	conflating bool          // the connection fell behind: one waiting event per product
+	slot       map[int64]int // while conflating: product → position (index + shifted) of its waiting event
+	shifted    int           // entries moved out of events by compaction (positions stay valid)
+	control    [][]byte
+	maxControl int
+	limits     Conflation
+	busy       bool // the writer was told there is work and has not found the queue empty since
+	closed     bool
+	ready      chan struct{}
 
-type pendingEvent struct {
-	version int64
-	data    []byte
-	queued  time.Time
+	conflated, stale, fellBehind int64
+	onConflate                   func(n int) // optional metric hooks; called under the lock
+	onFallBehind                 func()
+	notify                       func() // optional: called instead of signalling ready
+}
+
+type waiting struct {
+	productID, version int64
+	data               []byte
+	queued             time.Time // when this product's oldest unsent event was queued
 }
 
 // NewOutbox returns an empty Outbox holding at most maxControl unread
-// answers.
+// answers, with the default Conflation.
 func NewOutbox(maxControl int) *Outbox {
-	return &Outbox{
+	o := &Outbox{
 		latest:     make(map[int64]int64),
-		pending:    make(map[int64]pendingEvent),
 		maxControl: maxControl,
 		ready:      make(chan struct{}, 1),
 	}
+	o.SetConflation(Conflation{})
+	return o
+}
+
+// SetConflation sets when the outbox conflates; zero fields take the
+// defaults. Set it before the outbox is shared.
+func (o *Outbox) SetConflation(c Conflation) {
+	if c.After <= 0 {
+		c.After = DefaultConflateAfter
+	}
+	if c.MaxEvents <= 0 {
+		c.MaxEvents = DefaultConflateMaxEvents
+	}
+	if c.MaxBytes <= 0 {
+		c.MaxBytes = DefaultConflateMaxBytes
+	}
+	o.limits = c
+}
+
+// OnReady sets a function called (outside the outbox's lock) when something
+// is queued while the writer is idle, that is, after Pop last found the
+// queue empty: once per wake-up, not once per message. It is called instead
+// of signalling the Ready channel. Set it before the outbox is shared; it
+// must not block.
+func (o *Outbox) OnReady(f func()) { o.notify = f }
+
+// OnConflate sets metric hooks, called under the outbox's lock (they must
+// not block): replaced with the number of events that a newer one of the
+// same product replaced, fellBehind each time the outbox starts conflating.
+// Either may be nil. Set them before the outbox is shared.
+func (o *Outbox) OnConflate(replaced func(n int), fellBehind func()) {
+	o.onConflate, o.onFallBehind = replaced, fellBehind
 }
 
 // Deliver queues an event (Subscriber).
 func (o *Outbox) Deliver(productID, version int64, event []byte) {
 	o.mu.Lock()
+	if o.closed {
+		o.mu.Unlock()
+		return
+	}
 	if version <= o.latest[productID] {
 		o.stale++
 		o.mu.Unlock()
 		return
 	}
 	o.latest[productID] = version
-	queued := time.Now()
-	if waiting, ok := o.pending[productID]; ok {
-		o.conflated++
-		queued = waiting.queued // the product has waited since its first unsent event
-		if o.onConflate != nil {
-			o.onConflate()
+	now := time.Now()
+	if o.conflating {
+		if pos, ok := o.slot[productID]; ok {
+			w := &o.events[pos-o.shifted]
+			o.bytes += len(event) - len(w.data)
+			w.version, w.data = version, event // keeps its place and queued time
+			o.replaced(1)
+			o.mu.Unlock()
+			return // the writer knows already: the queue is not empty
 		}
+		o.slot[productID] = len(o.events) + o.shifted
+		o.push(productID, version, event, now)
 	} else {
-		o.order = append(o.order, productID)
+		o.push(productID, version, event, now)
+		if n := len(o.events) - o.head; n > o.limits.MaxEvents || o.bytes > o.limits.MaxBytes ||
+			now.Sub(o.events[o.head].queued) > o.limits.After {
+			o.conflate()
+		}
 	}
-	o.pending[productID] = pendingEvent{version: version, data: event, queued: queued}
+	o.wake()
+}
+
+func (o *Outbox) push(productID, version int64, event []byte, now time.Time) {
+	if o.head > 0 && o.head >= len(o.events)/2 && len(o.events) == cap(o.events) {
+		// Reuse the space already written: move the waiting events down
+		// instead of growing.
+		n := copy(o.events, o.events[o.head:])
+		clear(o.events[n:])
+		o.events = o.events[:n]
+		o.shifted += o.head
+		o.head = 0
+	}
+	o.events = append(o.events, waiting{productID: productID, version: version, data: event, queued: now})
+	o.bytes += len(event)
+}
+
+// conflate starts conflating: every product keeps only its newest waiting
+// event, in the place (and with the queued time) of its oldest.
+func (o *Outbox) conflate() {
+	o.conflating = true
+	o.fellBehind++
+	if o.onFallBehind != nil {
+		o.onFallBehind()
+	}
+	if o.slot == nil {
+		o.slot = make(map[int64]int)
+	}
+	kept, replaced := o.head, 0
+	for r := o.head; r < len(o.events); r++ {
+		ev := o.events[r]
+		if pos, ok := o.slot[ev.productID]; ok {
+			w := &o.events[pos-o.shifted]
+			o.bytes -= len(w.data)
+			w.version, w.data = ev.version, ev.data
+			replaced++
+			continue
+		}
+		o.slot[ev.productID] = kept + o.shifted
+		o.events[kept] = ev
+		kept++
+	}
+	clear(o.events[kept:])
+	o.events = o.events[:kept]
+	if replaced > 0 {
+		o.replaced(replaced)
+	}
+}
+
+func (o *Outbox) replaced(n int) {
+	o.conflated += int64(n)
+	if o.onConflate != nil {
+		o.onConflate(n)
+	}
+}
+
+// wake unlocks o and tells an idle writer that there is work.
+func (o *Outbox) wake() {
+	wake := !o.busy
+	o.busy = true
 	o.mu.Unlock()
-	o.signal()
+	if !wake {
+		return
+	}
+	if o.notify != nil {
+		o.notify()
+		return
+	}
+	select {
+	case o.ready <- struct{}{}:
+	default:
+	}
 }
 
 // Control queues an answer to a command; ErrControlFull when maxControl are
@@ -95,30 +228,18 @@ func (o *Outbox) Control(msg []byte) error {
 		return ErrControlFull
 	}
 	o.control = append(o.control, msg)
-	o.mu.Unlock()
-	o.signal()
+	o.wake()
 	return nil
 }
 
-func (o *Outbox) signal() {
-	if o.notify != nil {
-		o.notify()
-		return
-	}
-	select {
-	case o.ready <- struct{}{}:
-	default:
-	}
-}
-
-// Ready is signalled when something was queued since the last Pop found the
-// queue empty.
+// Ready is signalled when something was queued while the writer was idle
+// (when no OnReady function is set).
 func (o *Outbox) Ready() <-chan struct{} { return o.ready }
 
 // Pop returns the next message to write: an answer if one waits, else the
-// oldest waiting product's newest event, with when that product's first
-// unsent event was queued (how long it has waited). ok is false when nothing
-// waits.
+// oldest waiting event, with when it (or the oldest event it replaced) was
+// queued; zero for answers. ok is false when nothing waits: the writer is
+// then idle, and the next Deliver or Control calls the OnReady function.
 func (o *Outbox) Pop() (msg []byte, queued time.Time, ok bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -127,27 +248,36 @@ func (o *Outbox) Pop() (msg []byte, queued time.Time, ok bool) {
 		o.control[0] = nil
 		o.control = o.control[1:]
 		if len(o.control) == 0 {
-			o.control = o.control[:0:0]
+			o.control = nil
 		}
 		return msg, time.Time{}, true
 	}
-	for o.head < len(o.order) {
-		id := o.order[o.head]
-		o.head++
-		if ev, ok := o.pending[id]; ok {
-			delete(o.pending, id)
-			o.compact()
-			return ev.data, ev.queued, true
-		}
+	if o.head == len(o.events) {
+		o.busy = false
+		return nil, time.Time{}, false
 	}
-	o.compact()
-	return nil, time.Time{}, false
+	ev := o.events[o.head]
+	o.events[o.head] = waiting{}
+	o.head++
+	o.bytes -= len(ev.data)
+	if o.conflating {
+		delete(o.slot, ev.productID)
+	}
+	if o.head == len(o.events) {
+		o.emptied()
+	}
+	return ev.data, ev.queued, true
 }
 
-// compact reuses the order slice once it has been read through.
-func (o *Outbox) compact() {
-	if o.head == len(o.order) {
-		o.order, o.head = o.order[:0], 0
+// emptied resets the drained queue: the connection has caught up.
+func (o *Outbox) emptied() {
+	o.events, o.head, o.shifted, o.bytes = o.events[:0], 0, 0, 0
+	if cap(o.events) > 256 {
+		o.events = nil // a burst's queue is not kept by an idle connection
+	}
+	if o.conflating {
+		o.conflating = false
+		o.slot = nil
 	}
 }
 
@@ -156,37 +286,66 @@ func (o *Outbox) compact() {
 func (o *Outbox) Forget(ids []int64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	removed := false
+	gone := make(map[int64]bool, len(ids))
 	for _, id := range ids {
 		delete(o.latest, id)
-		if _, ok := o.pending[id]; ok {
-			delete(o.pending, id)
-			removed = true
+		gone[id] = true
+	}
+	kept := o.head
+	for r := o.head; r < len(o.events); r++ {
+		ev := o.events[r]
+		if gone[ev.productID] {
+			o.bytes -= len(ev.data)
+			continue
+		}
+		o.events[kept] = ev
+		if o.conflating {
+			o.slot[ev.productID] = kept + o.shifted
+		}
+		kept++
+	}
+	clear(o.events[kept:])
+	o.events = o.events[:kept]
+	if o.conflating {
+		for _, id := range ids {
+			delete(o.slot, id)
 		}
 	}
-	if removed { // take their places out of the order too
-		kept := o.order[:o.head]
-		for _, id := range o.order[o.head:] {
-			if _, ok := o.pending[id]; ok {
-				kept = append(kept, id)
-			}
-		}
-		o.order = kept
-		o.compact()
+	if o.head == len(o.events) {
+		o.emptied()
 	}
+}
+
+// Close makes the outbox drop whatever is delivered from now on and frees
+// what waits; the connection is going away.
+func (o *Outbox) Close() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.closed = true
+	o.control = nil
+	o.events, o.head, o.shifted, o.bytes, o.slot, o.conflating = nil, 0, 0, 0, nil, false
 }
 
 // Len returns how many messages wait.
 func (o *Outbox) Len() int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return len(o.control) + len(o.pending)
+	return len(o.control) + len(o.events) - o.head
 }
 
-// Stats returns how many events were conflated away and how many were
-// dropped as stale since the outbox was made.
-func (o *Outbox) Stats() (conflated, stale int64) {
+// Conflating reports whether the connection has fallen behind and its
+// waiting events are conflated.
+func (o *Outbox) Conflating() bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.conflated, o.stale
+	return o.conflating
+}
+
+// Stats returns how many events were conflated away, how many were dropped
+// as stale, and how many times the outbox started conflating, since it was
+// made.
+func (o *Outbox) Stats() (conflated, stale, fellBehind int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.conflated, o.stale, o.fellBehind
 }

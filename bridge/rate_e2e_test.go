@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"testing"
+	"time"
+
+	"github.com/productwatch/productwatch/pkg/testenv"
+)
+
+// TestWakeupModeByRate: the wake-up mode follows the rate of changes. A
+// trickle that comes faster than one change per IDLE_AFTER (which alone
+// would keep the bridge reading every POLL_INTERVAL) stays on wake-ups:
+// writers notify and the bridge reads about once per change. Writers going
+// well past WAKEUP_MAX_RATE switch NOTIFY off; when they stop, the bridge
+// asks for wake-ups again. Every change reaches the stream once, in order,
+// with the safety poll an hour.
+func TestWakeupModeByRate(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ns := natsForBridge(t)
+	_, js := connectJS(t, ns.URL)
+	products := seedProducts(t, pg.DB, 20)
+	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
+		"WAKEUP_MAX_RATE":      "150",
+		"WAKEUP_RESUME_RATE":   "100",
+		"RATE_WINDOW":          "250ms",
+		"IDLE_AFTER":           "50ms",
+		"POLL_INTERVAL":        "1ms",
+		"SAFETY_POLL_INTERVAL": "1h",
+	}))
+	b.waitReady(t)
+	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
+	waitIdle(t, b, pg.DB)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	conns := make([]*sql.Conn, 4)
+	for i := range conns {
+		c, err := pg.DB.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		conns[i] = c
+	}
+
+	// The trickle: 40 changes a second, one every 25 ms, for 2 s. (A
+	// ticker drops the ticks a slow update misses, so the rate never
+	// bunches up to the threshold.)
+	const trickle = 80
+	readsBefore := b.metric(metricPolls)
+	tick := time.NewTicker(25 * time.Millisecond)
+	notNotifying := 0
+	for i := range trickle {
+		<-tick.C
+		if _, err := conns[0].ExecContext(ctx, `UPDATE products SET units_available = units_available + 1 WHERE product_id = $1`,
+			products[i%len(products)]); err != nil {
+			t.Fatal(err)
+		}
+		if wakeupFlag(t, pg.DB) != 2 {
+			notNotifying++
+		}
+	}
+	tick.Stop()
+	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
+	reads := b.metric(metricPolls) - readsBefore
+	t.Logf("trickle: %d changes at 40/s, %v reads of the change log", trickle, reads)
+	if notNotifying > 0 {
+		t.Errorf("at 40 changes/s (WAKEUP_MAX_RATE 150) the writers were told not to notify after %d of %d changes", notNotifying, trickle)
+	}
+	if reads > 2*trickle {
+		t.Errorf("the bridge read the change log %v times for %d changes at 40/s: it polled instead of waiting for wake-ups", reads, trickle)
+	}
+
+	// The flood: 4 writers as fast as they can, until the writers are told
+	// to stop notifying.
+	began := time.Now()
+	flooded := 0
+	for wakeupFlag(t, pg.DB) != 1 {
+		if time.Since(began) > 30*time.Second {
+			t.Fatalf("after %d changes in %v from 4 writers the bridge still asks for NOTIFY (WAKEUP_MAX_RATE 150; %s = %v)",
+				flooded, time.Since(began).Round(time.Millisecond), metricChangeRate, b.metric(metricChangeRate))
+		}
+		if err := runBurst(ctx, conns, products, 40, uint64(flooded), func(int64) {}); err != nil {
+			t.Fatal(err)
+		}
+		flooded += 40
+	}
+	t.Logf("flood: writers told to stop notifying after %d changes, %v", flooded, time.Since(began).Round(time.Millisecond))
+	// And back to wake-ups once they stop.
+	waitIdle(t, b, pg.DB)
+	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
+}
+
+// Metrics the rate test reads.
+const (
+	metricPolls           = "productwatch_bridge_polls_total"
+	metricChangeRate      = "productwatch_bridge_change_rate"
+	metricNotifyThrottled = "productwatch_bridge_notify_throttled_total"
+)
+
+// TestWakeupEndsWhenWritersQueueOnNotify: with a rate threshold no writer
+// reaches, writers that queue on NOTIFY's commit lock (8 of them, as fast
+// as they can: notifying commits serialise, so they queue) still make the
+// bridge switch NOTIFY off; when they stop, it asks for wake-ups again.
+func TestWakeupEndsWhenWritersQueueOnNotify(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ns := natsForBridge(t)
+	_, js := connectJS(t, ns.URL)
+	products := seedProducts(t, pg.DB, 50)
+	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
+		"WAKEUP_MAX_RATE":      "1000000000",
+		"WAKEUP_RESUME_RATE":   "0",
+		"WAKEUP_MAX_WAITERS":   "3",
+		"SAFETY_POLL_INTERVAL": "1h",
+	}))
+	b.waitReady(t)
+	waitIdle(t, b, pg.DB)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	conns := make([]*sql.Conn, 8)
+	for i := range conns {
+		c, err := pg.DB.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		conns[i] = c
+	}
+	began := time.Now()
+	written := 0
+	for wakeupFlag(t, pg.DB) != 1 {
+		if time.Since(began) > 30*time.Second {
+			t.Fatalf("after %d changes in %v from 8 writers the bridge still asks for NOTIFY (%s = %v)",
+				written, time.Since(began).Round(time.Millisecond), metricNotifyThrottled, b.metric(metricNotifyThrottled))
+		}
+		if err := runBurst(ctx, conns, products, 80, uint64(written), func(int64) {}); err != nil {
+			t.Fatal(err)
+		}
+		written += 80
+	}
+	if got := b.metric(metricNotifyThrottled); !(got >= 1) {
+		t.Errorf("NOTIFY switched off, but %s = %v: not because of the queue", metricNotifyThrottled, got)
+	}
+	t.Logf("writers told to stop notifying after %d changes, %v", written, time.Since(began).Round(time.Millisecond))
+	waitIdle(t, b, pg.DB)
+	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
+}
