@@ -370,10 +370,10 @@ func TestChaosNATSNodeKill(t *testing.T) {
 	// The killed node comes back and catches up: every replica current,
 	// none behind.
 	restarted := time.Now()
-	if err := env.c.restartNode(ctx, victim.Index); err != nil {
+	name, index := victim.Name[len("nats-"):], victim.Index // restartNode replaces the record victim points into
+	if err := env.c.restartNode(ctx, index); err != nil {
 		t.Fatal(err)
 	}
-	name := victim.Name[len("nats-"):]
 	waitFor(t, 60*time.Second, "the restarted node's replica to catch up", func() bool {
 		i := streamInfo()
 		if i == nil || i.Cluster == nil || len(i.Cluster.Replicas)+1 != 3 {
