@@ -243,26 +243,43 @@ func (c *cluster) waitNode(ctx context.Context, i int) error {
 
 // waitMetaLeader waits until the nodes have elected JetStream's meta
 // leader (they can create and place streams only then; /healthz passes
-// before), as every node sees it.
+// before) and, when the store already holds the PRODUCTS stream (a cluster
+// started again), the stream's leader, as every node sees them: a bridge
+// that asks for the stream before then waits out its timeout and gives up
+// the lead.
 func (c *cluster) waitMetaLeader(ctx context.Context) error {
 	return poll(ctx, startTimeout, func() (bool, error) {
 		for _, n := range c.st.NATS {
-			body, err := httpGet(ctx, "http://"+loopback(c.st.Spec.Ports.NATSMonitor+n.Index-1)+"/jsz", nil)
+			body, err := httpGet(ctx, "http://"+loopback(c.st.Spec.Ports.NATSMonitor+n.Index-1)+"/jsz?streams=true", nil)
 			if err != nil {
 				return false, nil
 			}
 			var jsz struct {
 				Meta *struct {
 					Leader string `json:"leader"`
-					Size   int    `json:"cluster_size"`
 				} `json:"meta_cluster"`
+				Accounts []struct {
+					Streams []struct {
+						Name    string `json:"name"`
+						Cluster *struct {
+							Leader string `json:"leader"`
+						} `json:"cluster"`
+					} `json:"stream_detail"`
+				} `json:"account_details"`
 			}
 			if err := json.Unmarshal([]byte(body), &jsz); err != nil || jsz.Meta == nil || jsz.Meta.Leader == "" {
 				return false, nil
 			}
+			for _, a := range jsz.Accounts {
+				for _, s := range a.Streams {
+					if s.Name == "PRODUCTS" && (s.Cluster == nil || s.Cluster.Leader == "") {
+						return false, nil
+					}
+				}
+			}
 		}
 		return true, nil
-	}, "the NATS nodes to elect a JetStream meta leader")
+	}, "the NATS nodes to elect a JetStream meta leader (and the PRODUCTS stream's leader)")
 }
 
 func (c *cluster) node(i int) *Node {
