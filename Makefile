@@ -11,9 +11,11 @@ NATS_CLI     := $(BIN)/nats
 NATS_CLI_VERSION := v0.5.0
 FUZZTIME     ?= 30s
 BENCHTIME    ?= 5000x
+# Extra flags for the load generator (`make bench BENCH_FLAGS='-scenarios S1,S2 -profile S2'`).
+BENCH_FLAGS  ?=
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build run migrate test test-short lint fmt fuzz bench clean tools nats-cli
+.PHONY: all build run migrate test test-short lint fmt fuzz bench bench-go clean tools nats-cli
 .PHONY: cluster cluster-down cluster-scale cluster-status cluster-cookbook cluster-tools test-chaos
 
 # make cluster-scale GATEWAYS=n
@@ -92,9 +94,16 @@ fuzz:
 	$(GO) test ./pkg/product -run '^$$' -fuzz '^FuzzDecodeInput$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/protocol -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/pgserver -run '^$$' -fuzz '^FuzzWithDatabase$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./deploy/loadgen -run '^$$' -fuzz '^FuzzParseEvent$$' -fuzztime $(FUZZTIME)
 
-## bench: the Go benchmarks (BenchmarkPgbenchUpdate runs pgbench beside the PUT path); see BENCHMARKS.md
-bench: tools
+## bench: the load generator's scenarios S1-S6 against a fresh system each (deploy/loadgen);
+## writes bench-results/<commit>.json, .md and .png; see BENCHMARKS.md
+bench: build
+	$(GO) build -o $(BIN)/loadgen ./deploy/loadgen
+	$(BIN)/loadgen -build=false -bin $(BIN) $(BENCH_FLAGS)
+
+## bench-go: the Go micro-benchmarks (BenchmarkPgbenchUpdate runs pgbench beside the PUT path)
+bench-go: tools
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
 
 ## cluster-tools: nats-server at go.mod's version into bin/, and Debian's haproxy when missing

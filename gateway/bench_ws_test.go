@@ -48,7 +48,10 @@ func BenchmarkDeliveryLatency(b *testing.B) {
 	}
 	for _, tc := range cases {
 		b.Run(tc.name, func(b *testing.B) {
-			g := newWSGateway(b, nil, nil, func(c *Config) { c.WSWriteTimeout, c.WSSlowClientAfter = time.Minute, time.Minute })
+			g := newWSGateway(b, nil, nil, func(c *Config) {
+				c.WSWriteTimeout, c.WSSlowClientAfter = time.Minute, time.Minute
+				c.WSMaxConnectionsPerAddr = 2000 // every reader comes from 127.0.0.1
+			})
 			products, readers, stalled := tc.products, tc.readers, tc.stalled
 			ids := make([]int64, products)
 			for i := range ids {
@@ -244,8 +247,10 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 			resp.Body.Close()
 		}
 	}
+	metricsAddr := testenv.FreeAddr(b)
 	cmd := exec.Command(path)
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "NATS_USER="+n.Gateway.User, "NATS_PASSWORD="+n.Gateway.Password, "LISTEN_ADDR="+addr,
+		"METRICS_ADDR="+metricsAddr, "WS_MAX_CONNECTIONS_PER_ADDR="+strconv.Itoa(conns+1000), "WS_MAX_SUBSCRIPTIONS_PER_ADDR="+strconv.Itoa(10*conns*perConn),
 		"INSECURE_HTTP=true", "WS_MAX_CONNECTIONS="+strconv.Itoa(conns+1000), "LOG_LEVEL=warn", "API_TOKEN=", "DEBUG_ADDR="+debugAddr)
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := cmd.Start(); err != nil {
@@ -255,7 +260,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
 	}()
-	waitReady(b, "the gateway", "http://"+addr)
+	waitReady(b, "the gateway", "http://"+metricsAddr)
 	collect()
 	before, err := rssKiB(cmd.Process.Pid)
 	if err != nil {
@@ -305,7 +310,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	// Idle means idle: the writers that sent the acks end after a second or
 	// two without work. Wait (at most 20 s) until only the readers are left.
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		if n, ok := gatewayMetric("http://"+addr+"/metrics", "go_goroutines "); ok && n <= float64(conns)*1.01+100 {
+		if n, ok := gatewayMetric("http://"+metricsAddr+"/metrics", "go_goroutines "); ok && n <= float64(conns)*1.01+100 {
 			break
 		}
 	}
@@ -316,7 +321,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	}
 	b.ReportMetric(float64(after-before)/float64(conns), "KiB/conn")
 	b.ReportMetric(float64(after)/1024, "rss_MiB")
-	if resp, err := http.Get("http://" + addr + "/metrics"); err == nil {
+	if resp, err := http.Get("http://" + metricsAddr + "/metrics"); err == nil {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		for _, line := range strings.Split(string(body), "\n") {

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -11,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -52,35 +49,18 @@ func buildProgram(dir string) (string, error) {
 }
 
 // startBridge runs the real bridge against pg and n until the test ends.
-func startBridge(t *testing.T, pg *testenv.PG, n *testenv.NATSServer) {
+func startBridge(t *testing.T, pg *testenv.PG, n *testenv.NATSServer) *testenv.Process {
 	t.Helper()
 	path, err := buildProgram("bridge")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics := ln.Addr().String()
-	ln.Close()
-	cmd := exec.Command(path)
-	cmd.Env = append(os.Environ(), "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "METRICS_ADDR="+metrics,
+	metrics := testenv.FreeAddr(t)
+	p := testenv.StartProcess(t, "bridge", path, "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "METRICS_ADDR="+metrics,
 		"NATS_USER="+n.Bridge.User, "NATS_PASSWORD="+n.Bridge.Password,
 		"LOG_FORMAT=text", "LOG_LEVEL=warn", "SAFETY_POLL_INTERVAL=200ms")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("bridge output:\n%s", out.String())
-		}
-	})
 	waitReady(t, "the bridge", "http://"+metrics)
+	return p
 }
 
 // waitReady waits until base/readyz answers 200.
@@ -217,8 +197,9 @@ func TestNATSRestartUnderLoad(t *testing.T) {
 	n.RestartWith(t, func() {
 		// While NATS is down the gateway says it is not ready.
 		waitUntil(t, "the gateway to report NATS down", func() bool {
-			r := g.do(t, request{Method: http.MethodGet, Path: "/readyz"})
-			return r.Status == http.StatusServiceUnavailable && strings.Contains(string(r.Body), `"nats":"NATS`)
+			r := g.opsGet(t, "/readyz")
+			return r.Status == http.StatusServiceUnavailable && strings.Contains(string(r.Body), `"nats":"NATS`) &&
+				g.do(t, request{Method: http.MethodGet, Path: "/readyz"}).Status == http.StatusServiceUnavailable
 		})
 		writes(3) // changes made while NATS is down
 	})

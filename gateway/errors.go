@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"database/sql/driver"
 	"encoding/json"
@@ -29,7 +30,14 @@ const (
 	codeMethodNotAllowed     = "method_not_allowed"
 	codeInternal             = "internal"
 	codeUnavailable          = "unavailable"
+	codeTooManyConnections   = "too_many_connections"
+	codeUpgradeRequired      = "upgrade_required"
 )
+
+// statusClientClosedRequest is the status recorded (in metrics and logs,
+// never sent: nobody is listening) for a request whose client went away
+// before the answer, as nginx's 499.
+const statusClientClosedRequest = 499
 
 // apiError is an error with its HTTP status and API error code.
 type apiError struct {
@@ -52,8 +60,10 @@ type errorBody struct {
 
 // classify maps any error a handler returns to its status and API error. It
 // is the one place where errors become HTTP answers; the bool reports an
-// unexpected failure that the caller logs.
-func classify(err error) (*apiError, bool) {
+// unexpected failure that the caller logs. ctx is the request's: when the
+// client went away the answer is 499 (whatever the error says), and when
+// the request's deadline passed it is 503 unavailable.
+func classify(ctx context.Context, err error) (*apiError, bool) {
 	var api *apiError
 	var input *product.InputError
 	var tooLarge *http.MaxBytesError
@@ -61,8 +71,10 @@ func classify(err error) (*apiError, bool) {
 	var netErr net.Error
 	var conflict *product.VersionError
 	switch {
-	case errors.As(err, &api):
+	case errors.As(err, &api): // before the client-gone check: a broken body is the client's 400 even if it left
 		return api, false
+	case errors.Is(ctx.Err(), context.Canceled), errors.Is(err, context.Canceled):
+		return &apiError{Status: statusClientClosedRequest, Code: "client_closed_request", Message: "the client went away"}, false
 	case errors.As(err, &input):
 		return &apiError{Status: http.StatusBadRequest, Code: input.Code, Field: input.Field, Message: input.Message}, false
 	case errors.As(err, &tooLarge):
@@ -73,9 +85,12 @@ func classify(err error) (*apiError, bool) {
 	case errors.As(err, &conflict):
 		return &apiError{Status: http.StatusPreconditionFailed, Code: codePreconditionFailed,
 			Message: fmt.Sprintf(`If-Match does not match: the product is at version %d (ETag "%d")`, conflict.Current, conflict.Current)}, false
+	case errors.Is(ctx.Err(), context.DeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
+		errors.As(err, &pqErr) && (pqErr.Code == "57014" || pqErr.Code == "55P03"): // statement_timeout, lock_timeout
+		return &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable,
+			Message: "the database did not answer in time; retry later"}, true
 	case errors.As(err, &pqErr) && (strings.HasPrefix(string(pqErr.Code), "08") || strings.HasPrefix(string(pqErr.Code), "57")),
-		errors.Is(err, driver.ErrBadConn), errors.As(err, &netErr),
-		errors.Is(err, context.DeadlineExceeded):
+		errors.Is(err, driver.ErrBadConn), errors.As(err, &netErr):
 		return &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable, Message: "the database is unavailable; retry later"}, true
 	default:
 		return &apiError{Status: http.StatusInternalServerError, Code: codeInternal, Message: "internal error"}, true
@@ -93,10 +108,22 @@ func formatBytes(n int64) string {
 	}
 }
 
-// marshalError renders the JSON error body.
+// marshalError renders the JSON error body. "<", ">" and "&" stay as they
+// are (a message may say "Bearer <API_TOKEN>"): the body is served as
+// application/json with nosniff, never inlined into HTML.
 func marshalError(e *apiError) []byte {
 	var body errorBody
 	body.Error.Code, body.Error.Message, body.Error.Field = e.Code, e.Message, e.Field
-	out, _ := json.Marshal(body) // cannot fail: strings only
-	return out
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(body) // cannot fail: strings only
+	return bytes.TrimSuffix(out.Bytes(), []byte("\n"))
+}
+
+// writeAPIError answers e on a plain net/http handler (outside echo).
+func writeAPIError(w http.ResponseWriter, e *apiError) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.Status)
+	_, _ = w.Write(marshalError(e))
 }

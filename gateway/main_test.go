@@ -16,13 +16,39 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
-const testToken = "test-token"
+const testToken = "test-token-0123456789" // API_TOKEN needs 16 bytes or more
 
 // testGateway is a gateway on a fresh database behind a real HTTP server.
 type testGateway struct {
 	*testenv.PG
 	srv       *httptest.Server
+	ops       *httptest.Server // the METRICS_ADDR handler: metrics, detailed readiness
 	validator *apitest.Validator
+}
+
+// newTestServers serves g's public and private handlers until the test ends.
+func newTestServers(t testing.TB, pg *testenv.PG, g *Gateway) *testGateway {
+	t.Helper()
+	srv := httptest.NewServer(g.handler)
+	t.Cleanup(srv.Close)
+	ops := httptest.NewServer(g.ops)
+	t.Cleanup(ops.Close)
+	return &testGateway{PG: pg, srv: srv, ops: ops, validator: apitest.NewValidator(t)}
+}
+
+// opsGet GETs path from the private listener.
+func (g *testGateway) opsGet(t testing.TB, path string) response {
+	t.Helper()
+	resp, err := http.Get(g.ops.URL + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return response{Status: resp.StatusCode, Header: resp.Header, Body: data}
 }
 
 // newTestGateway starts a gateway with cfg's defaults overridden by change.
@@ -42,9 +68,7 @@ func newTestGateway(t *testing.T, change func(*Config)) *testGateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(g.handler)
-	t.Cleanup(srv.Close)
-	return &testGateway{PG: pg, srv: srv, validator: apitest.NewValidator(t)}
+	return newTestServers(t, pg, g)
 }
 
 // response is a finished HTTP exchange.

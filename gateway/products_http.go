@@ -2,11 +2,14 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"mime"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -19,8 +22,9 @@ const defaultListLimit = 100
 // productHandlers serve /products. Each handler parses the request, calls the
 // store and writes the product JSON the database rendered, untouched.
 type productHandlers struct {
-	store        *product.Store
-	maxBodyBytes int64
+	store           *product.Store
+	maxBodyBytes    int64
+	bodyReadTimeout time.Duration // the body must arrive within this
 }
 
 func (h *productHandlers) list(c echo.Context) error {
@@ -187,7 +191,24 @@ func (h *productHandlers) readBody(c echo.Context, accepted ...string) ([]byte, 
 	if req.ContentLength > h.maxBodyBytes {
 		return nil, &http.MaxBytesError{Limit: h.maxBodyBytes}
 	}
-	return io.ReadAll(http.MaxBytesReader(c.Response(), req.Body, h.maxBodyBytes))
+	// A body shorter than its Content-Length would otherwise hold the
+	// request until the server's read timeout, then look like a server
+	// failure.
+	if h.bodyReadTimeout > 0 {
+		_ = http.NewResponseController(c.Response()).SetReadDeadline(time.Now().Add(h.bodyReadTimeout))
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), req.Body, h.maxBodyBytes))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case err == nil, errors.As(err, &tooLarge):
+		return body, err
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return nil, &apiError{Status: http.StatusBadRequest, Code: product.CodeInvalidBody,
+			Message: "the request body did not arrive within " + h.bodyReadTimeout.String() + " (is Content-Length larger than the body?)"}
+	default:
+		return nil, &apiError{Status: http.StatusBadRequest, Code: product.CodeInvalidBody,
+			Message: "the request body ended early: it is shorter than its Content-Length, or was cut off"}
+	}
 }
 
 // checkBodyID refuses a body whose productId names another product than the

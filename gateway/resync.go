@@ -85,9 +85,12 @@ type resyncer struct {
 	catchUp *catchUp
 	logger  *slog.Logger
 	metrics *wsMetrics
+	panics  *panics
+	timeout time.Duration // deadline of each chunk's read
 }
 
 // run serves requests until ctx ends, retrying a failed read after a pause.
+// A panic in one round is recovered, counted, and that round retried.
 func (r *resyncer) run(ctx context.Context) {
 	for {
 		select {
@@ -95,34 +98,45 @@ func (r *resyncer) run(ctx context.Context) {
 			return
 		case <-r.queue.signal:
 		}
-		all, ids := r.queue.take()
-		if all {
-			ids = r.hub.Watched()
-			r.hub.MissedAll() // watch-all clients resume by seq themselves (watchall.go)
-		}
-		if len(ids) == 0 {
-			continue
-		}
-		if err := r.resync(ctx, ids); err != nil {
-			r.logger.Warn("re-sync after NATS trouble failed; retrying", "products", len(ids), "err", err)
-			for _, id := range ids {
-				r.queue.mu.Lock()
-				r.queue.ids[id] = struct{}{}
-				r.queue.mu.Unlock()
-			}
-			sleepCtx(ctx, time.Second)
-			r.queue.wake()
-			continue
-		}
-		r.logger.Info("re-synced products from the database", "products", len(ids))
+		r.round(ctx)
 	}
+}
+
+// round answers the requests queued so far.
+func (r *resyncer) round(ctx context.Context) {
+	all, ids := r.queue.take()
+	retry := func() {
+		r.queue.mu.Lock()
+		for _, id := range ids {
+			r.queue.ids[id] = struct{}{}
+		}
+		r.queue.mu.Unlock()
+		sleepCtx(ctx, time.Second)
+		r.queue.wake()
+	}
+	defer r.panics.recovered("resyncer", retry)
+	if all {
+		ids = r.hub.Watched()
+		r.hub.MissedAll() // watch-all clients resume by seq themselves (watchall.go)
+	}
+	if len(ids) == 0 {
+		return
+	}
+	if err := r.resync(ctx, ids); err != nil {
+		r.logger.Warn("re-sync after NATS trouble failed; retrying", "products", len(ids), "err", err)
+		retry()
+		return
+	}
+	r.logger.Info("re-synced products from the database", "products", len(ids))
 }
 
 func (r *resyncer) resync(ctx context.Context, ids []int64) error {
 	const chunk = 1000
 	for start := 0; start < len(ids); start += chunk {
 		part := ids[start:min(start+chunk, len(ids))]
-		current, gone, err := r.catchUp.current(ctx, part)
+		readCtx, cancel := context.WithTimeout(ctx, r.timeout)
+		current, gone, err := r.catchUp.current(readCtx, part)
+		cancel()
 		if err != nil {
 			return err
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"database/sql"
@@ -31,7 +32,9 @@ type Gateway struct {
 	db       *sql.DB
 	migrator *schema.Migrator
 	probes   *health.Probes
-	handler  http.Handler
+	handler  http.Handler // the public port
+	ops      http.Handler // METRICS_ADDR: metrics and detailed readiness
+	opsLn    net.Listener // set by Run; nil: no ops listener
 
 	// The WebSocket side; nil without NATS.
 	hub      *hub.Hub
@@ -49,25 +52,28 @@ func newGateway(cfg Config, db *sql.DB, nc *nats.Conn, queue *resyncQueue, logge
 	if err != nil {
 		return nil, err
 	}
-	probes := health.New(2 * time.Second)
-	probes.Add("database", db.PingContext)
+	probes := health.New(cfg.ReadyTimeout)
+	probes.Add("database", func(ctx context.Context) error { return probeDatabase(ctx, db) })
 	probes.Add("migrations", migrator.Check)
 	g := &Gateway{cfg: cfg, logger: logger, db: db, migrator: migrator, probes: probes}
 	registry := health.NewRegistry()
+	panics := newPanics(registry, logger)
 	var websocket http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusServiceUnavailable)
-		_, _ = w.Write(marshalError(&apiError{Code: codeUnavailable, Message: "this gateway has no NATS_URL: WebSocket subscriptions are off"}))
+		writeAPIError(w, &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable, Message: "this gateway has no NATS_URL: WebSocket subscriptions are off"})
 	})
 	if nc != nil {
-		g.hub = hub.New(nc, hub.Options{Logger: logger})
+		g.hub = hub.New(nc, hub.Options{Logger: logger, OnPanic: func(v any, stack []byte) { panics.report("hub_dispatcher", v, stack) }})
 		metrics := newWSMetrics(registry, g.hub)
 		cu := &catchUp{db: db}
 		g.wsBase, g.stopWS = context.WithCancel(context.Background())
-		g.ws = newWSServer(g.wsBase, cfg.wsConfig(), g.hub, cu, logger, metrics)
+		wsCfg := cfg.wsConfig()
+		wsCfg.trustedProxies, _ = parseTrustedProxies(cfg.TrustedProxies) // validated by loadConfig
+		g.ws = newWSServer(g.wsBase, wsCfg, g.hub, cu, logger, metrics, panics)
 		registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "productwatch_ws_queued_messages",
-			Help: "Messages waiting in all connections' queues (at most one event per watched product each)."}, g.ws.queued))
-		g.resyncer = &resyncer{queue: queue, hub: g.hub, catchUp: cu, logger: logger, metrics: metrics}
+			Help: "Messages waiting in all connections' queues (at most one event per watched product each)."}, g.ws.queued),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "productwatch_ws_client_addresses",
+				Help: "Client addresses (IPv4, or IPv6 /64) holding WebSocket connections."}, g.ws.addresses))
+		g.resyncer = &resyncer{queue: queue, hub: g.hub, catchUp: cu, logger: logger, metrics: metrics, panics: panics, timeout: cfg.WSCatchUpTimeout}
 		websocket = g.ws
 		probes.Add("nats", func(context.Context) error {
 			if !nc.IsConnected() {
@@ -76,27 +82,47 @@ func newGateway(cfg Config, db *sql.DB, nc *nats.Conn, queue *resyncQueue, logge
 			return nil
 		})
 	}
-	web, err := newWebAssets(cfg.HSTSMaxAge)
+	web, err := newWebAssets()
 	if err != nil {
 		return nil, err
 	}
 	g.handler = newRouter(routerDeps{
-		web:          web,
-		logger:       logger,
-		store:        product.NewStore(db),
-		probes:       probes,
-		registry:     registry,
-		websocket:    websocket,
-		apiToken:     cfg.APIToken,
-		maxBodyBytes: cfg.MaxBodyBytes,
+		web:             web,
+		logger:          logger,
+		store:           product.NewStore(db),
+		probes:          probes,
+		registry:        registry,
+		websocket:       websocket,
+		apiToken:        cfg.APIToken,
+		maxBodyBytes:    cfg.MaxBodyBytes,
+		requestTimeout:  cfg.RequestTimeout,
+		bodyReadTimeout: cfg.BodyReadTimeout,
+		hsts:            hstsValue(cfg.HSTSMaxAge),
 	})
+	g.ops = newOpsHandler(probes, registry)
 	return g, nil
+}
+
+// probeDatabase is the readiness check of the database: a read of the
+// products table within ctx's deadline, so that a gateway whose database
+// does not answer (down, or the table locked) is not ready, where a bare
+// ping would still succeed.
+func probeDatabase(ctx context.Context, db *sql.DB) error {
+	var one int
+	err := db.QueryRowContext(ctx, `SELECT 1 FROM products LIMIT 1`).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	return err
 }
 
 // Run is the whole gateway: it opens the database, listens on
 // cfg.ListenAddr and serves until ctx ends, then shuts down gracefully.
 func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
-	db, err := openDB(cfg.DatabaseURL)
+	if cfg.APIToken == "" {
+		logger.Warn("API_TOKEN is not set: writes (POST, PUT, PATCH, DELETE) are disabled and answer 401")
+	}
+	db, err := openDB(cfg.DatabaseURL, postgres.WithStatementTimeout(cfg.DBStatementTimeout), postgres.WithLockTimeout(cfg.DBLockTimeout))
 	if err != nil {
 		return err
 	}
@@ -121,6 +147,13 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.ListenAddr, err)
 	}
+	if cfg.MetricsAddr != "" {
+		g.opsLn, err = net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listen on METRICS_ADDR %s: %w", cfg.MetricsAddr, err)
+		}
+	}
 	if cfg.DebugAddr != "" {
 		stop, err := serveDebug(cfg.DebugAddr, logger)
 		if err != nil {
@@ -133,7 +166,9 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 }
 
 // openDB opens the gateway's PostgreSQL pool; connections are made lazily.
-func openDB(dsn string) (*sql.DB, error) { return postgres.Open(dsn, 32) }
+func openDB(dsn string, opts ...postgres.Option) (*sql.DB, error) {
+	return postgres.Open(dsn, 32, opts...)
+}
 
 // Serve migrates the database (retrying until it is reachable; the gateway is
 // not ready meanwhile) and serves on ln until ctx ends. Then it reports not
@@ -143,9 +178,9 @@ func openDB(dsn string) (*sql.DB, error) { return postgres.Open(dsn, 32) }
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           g.handler,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: cmp.Or(g.cfg.HeaderReadTimeout, 10*time.Second),
 		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
+		WriteTimeout:      max(30*time.Second, g.cfg.RequestTimeout+g.cfg.BodyReadTimeout+5*time.Second),
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(g.logger.Handler(), slog.LevelWarn),
@@ -161,6 +196,9 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		tlsCfg, selfSigned, err := tlsConfig(g.cfg.TLSCert, g.cfg.TLSKey)
 		if err != nil {
 			ln.Close()
+			if g.opsLn != nil {
+				g.opsLn.Close()
+			}
 			return err
 		}
 		if selfSigned {
@@ -179,6 +217,18 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		group.Go(func() error { return g.hub.Run(g.wsBase) })
 		group.Go(func() error {
 			g.resyncer.run(g.wsBase)
+			return nil
+		})
+	}
+	var opsSrv *http.Server
+	if g.opsLn != nil {
+		opsSrv = &http.Server{Handler: g.ops, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second,
+			ErrorLog: slog.NewLogLogger(g.logger.Handler(), slog.LevelWarn)}
+		group.Go(func() error {
+			g.logger.Info("metrics and readiness listening", "addr", g.opsLn.Addr().String())
+			if err := opsSrv.Serve(g.opsLn); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serve METRICS_ADDR: %w", err)
+			}
 			return nil
 		})
 	}
@@ -201,11 +251,15 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 			g.ws.Drain(shutdownCtx, g.cfg.DrainWindow)
 			g.stopWS()
 		}
-		if err := srv.Shutdown(shutdownCtx); err != nil {
+		err := srv.Shutdown(shutdownCtx)
+		if err != nil {
 			srv.Close()
-			return fmt.Errorf("shutdown: %w", err)
+			err = fmt.Errorf("shutdown: %w", err)
 		}
-		return nil
+		if opsSrv != nil { // last: metrics stay scrapeable while draining
+			_ = opsSrv.Close()
+		}
+		return err
 	})
 	return group.Wait()
 }

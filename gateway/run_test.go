@@ -18,7 +18,10 @@ func TestProbesAndMetrics(t *testing.T) {
 	if r := g.do(t, request{Method: http.MethodGet, Path: "/healthz"}); r.Status != http.StatusOK {
 		t.Fatalf("/healthz = %d %s", r.Status, r.Body)
 	}
-	r := g.do(t, request{Method: http.MethodGet, Path: "/readyz"})
+	if r := g.do(t, request{Method: http.MethodGet, Path: "/readyz"}); r.Status != http.StatusOK || strings.TrimSpace(string(r.Body)) != `{"status":"ready"}` {
+		t.Fatalf("public /readyz = %d %s", r.Status, r.Body)
+	}
+	r := g.opsGet(t, "/readyz")
 	var ready struct {
 		Status string            `json:"status"`
 		Checks map[string]string `json:"checks"`
@@ -28,7 +31,7 @@ func TestProbesAndMetrics(t *testing.T) {
 	}
 	g.do(t, request{Method: http.MethodGet, Path: "/products/12345"})
 	g.do(t, request{Method: http.MethodGet, Path: "/no/such/route"})
-	m := g.do(t, request{Method: http.MethodGet, Path: "/metrics"})
+	m := g.opsGet(t, "/metrics")
 	for _, want := range []string{
 		`productwatch_http_requests_total{method="GET",route="/products/:id",status="404"} 1`,
 		`productwatch_http_requests_total{method="GET",route="unmatched",status="404"} 1`,
@@ -38,6 +41,9 @@ func TestProbesAndMetrics(t *testing.T) {
 		if !strings.Contains(string(m.Body), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+	if r := g.do(t, request{Method: http.MethodGet, Path: "/metrics", NoAuth: true}); r.Status != http.StatusNotFound {
+		t.Errorf("public /metrics = %d, want 404 (metrics are on METRICS_ADDR)", r.Status)
 	}
 }
 
@@ -67,8 +73,8 @@ func TestDatabaseDown(t *testing.T) {
 	if r := g.do(t, request{Method: http.MethodGet, Path: "/healthz"}); r.Status != http.StatusOK {
 		t.Errorf("/healthz = %d", r.Status)
 	}
-	if r := g.do(t, request{Method: http.MethodGet, Path: "/readyz"}); r.Status != http.StatusServiceUnavailable || !strings.Contains(string(r.Body), "not ready") {
-		t.Errorf("/readyz = %d %s", r.Status, r.Body)
+	if r := g.do(t, request{Method: http.MethodGet, Path: "/readyz"}); r.Status != http.StatusServiceUnavailable || strings.TrimSpace(string(r.Body)) != `{"status":"not ready"}` {
+		t.Errorf("/readyz = %d %s, want 503 without details", r.Status, r.Body)
 	}
 	for _, req := range []request{
 		{Method: http.MethodGet, Path: "/products/1"},

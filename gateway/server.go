@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/subtle"
 	"errors"
 	"log/slog"
@@ -30,21 +31,26 @@ type routerDeps struct {
 	web          *webAssets   // the page and its assets
 	apiToken     string
 	maxBodyBytes int64
+	// requestTimeout bounds the database work of a /products request;
+	// bodyReadTimeout the arrival of its body.
+	requestTimeout, bodyReadTimeout time.Duration
+	hsts                            string // Strict-Transport-Security value for HTTPS responses; "": none
 }
 
-// newRouter builds the gateway's HTTP handler: the REST API, probes and
-// metrics, with request metrics, panic recovery and JSON errors.
+// newRouter builds the gateway's public HTTP handler: the REST API, the
+// page, /websocket and terse probes, with request metrics, panic recovery
+// and JSON errors. Metrics and detailed readiness are on newOpsHandler's
+// private listener.
 func newRouter(deps routerDeps) http.Handler {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = errorHandler(deps.logger)
 
 	metrics := newRequestMetrics(deps.registry)
-	e.Use(metrics.middleware, middleware.Recover(), securityHeaders)
+	e.Use(metrics.middleware, middleware.Recover(), securityHeaders(deps.hsts))
 
 	e.GET("/healthz", echo.WrapHandler(deps.probes.LiveHandler()))
-	e.GET("/readyz", echo.WrapHandler(deps.probes.ReadyHandler()))
-	e.GET("/metrics", echo.WrapHandler(health.MetricsHandler(deps.registry)))
+	e.GET("/readyz", echo.WrapHandler(deps.probes.TerseReadyHandler()))
 	e.GET("/websocket", echo.WrapHandler(deps.websocket))
 	e.GET("/", echo.WrapHandler(http.HandlerFunc(deps.web.index)))
 	for _, name := range deps.web.names() {
@@ -55,22 +61,59 @@ func newRouter(deps routerDeps) http.Handler {
 		e.GET(name, echo.WrapHandler(handler))
 	}
 
-	h := &productHandlers{store: deps.store, maxBodyBytes: deps.maxBodyBytes}
+	h := &productHandlers{store: deps.store, maxBodyBytes: deps.maxBodyBytes, bodyReadTimeout: deps.bodyReadTimeout}
 	auth := requireToken(deps.apiToken)
-	e.GET("/products", h.list)
-	e.POST("/products", h.create, auth)
-	e.GET("/products/:id", h.get)
-	e.PUT("/products/:id", h.replace, auth)
-	e.PATCH("/products/:id", h.patch, auth)
-	e.DELETE("/products/:id", h.delete, auth)
+	deadline := withDeadline(deps.requestTimeout)
+	e.GET("/products", h.list, deadline)
+	e.POST("/products", h.create, deadline, auth)
+	e.GET("/products/:id", h.get, deadline)
+	e.PUT("/products/:id", h.replace, deadline, auth)
+	e.PATCH("/products/:id", h.patch, deadline, auth)
+	e.DELETE("/products/:id", h.delete, deadline, auth)
 	for _, r := range e.Routes() {
 		metrics.routes[r.Path] = true
 	}
 	return e
 }
 
+// newOpsHandler serves the private listener (METRICS_ADDR): /metrics,
+// /healthz and the detailed /readyz (each check's error text, which may
+// name hosts and addresses, so it is not shown on the public port).
+func newOpsHandler(probes *health.Probes, registry *prometheus.Registry) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", health.MetricsHandler(registry))
+	mux.Handle("GET /healthz", probes.LiveHandler())
+	mux.Handle("GET /readyz", probes.ReadyHandler())
+	return mux
+}
+
+// withDeadline gives a request's work (its database queries) at most
+// timeout; past it the store's calls fail and classify answers 503
+// unavailable, well before the server's write timeout would reset the
+// stream without an answer.
+func withDeadline(timeout time.Duration) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			if timeout <= 0 {
+				return next(c)
+			}
+			ctx, cancel := context.WithTimeout(c.Request().Context(), timeout)
+			defer cancel()
+			c.SetRequest(c.Request().WithContext(ctx))
+			if err := next(c); err != nil {
+				// Answered here, while ctx still tells a client that went
+				// away (Canceled) from a deadline that passed.
+				c.Error(err)
+			}
+			return nil
+		}
+	}
+}
+
 // errorHandler writes every error as the API's JSON error body; unexpected
-// ones are logged once, here.
+// ones are logged once, here: server trouble (5xx) at ERROR or, for a
+// database that did not answer, WARN; a client that went away at DEBUG,
+// with nothing written (status 499 in the metrics).
 func errorHandler(logger *slog.Logger) echo.HTTPErrorHandler {
 	return func(err error, c echo.Context) {
 		if c.Response().Committed {
@@ -80,9 +123,17 @@ func errorHandler(logger *slog.Logger) echo.HTTPErrorHandler {
 		if errors.As(err, &he) {
 			err = fromEchoError(he)
 		}
-		api, unexpected := classify(err)
-		if unexpected {
-			logger.Error("request failed", "method", c.Request().Method, "path", c.Request().URL.Path, "status", api.Status, "err", err)
+		api, unexpected := classify(c.Request().Context(), err)
+		attrs := []any{"method", c.Request().Method, "path", c.Request().URL.Path, "status", api.Status, "err", err}
+		switch {
+		case api.Status == statusClientClosedRequest:
+			logger.Debug("client went away before the answer", attrs...)
+			c.Response().Status = api.Status // for the request metrics; nothing is sent
+			return
+		case unexpected && api.Status == http.StatusServiceUnavailable:
+			logger.Warn("request failed", attrs...)
+		case unexpected:
+			logger.Error("request failed", attrs...)
 		}
 		if api.Status == http.StatusUnauthorized {
 			c.Response().Header().Set("WWW-Authenticate", `Bearer realm="productwatch"`)
@@ -129,8 +180,9 @@ func requireToken(token string) echo.MiddlewareFunc {
 				return &apiError{Status: http.StatusUnauthorized, Code: codeUnauthorized,
 					Message: "writes are disabled: the gateway has no API_TOKEN configured"}
 			}
-			got, ok := strings.CutPrefix(c.Request().Header.Get("Authorization"), "Bearer ")
-			if !ok || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), want) != 1 {
+			// The auth scheme is case-insensitive (RFC 9110 section 11.1).
+			scheme, got, _ := strings.Cut(strings.TrimSpace(c.Request().Header.Get("Authorization")), " ")
+			if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), want) != 1 {
 				return &apiError{Status: http.StatusUnauthorized, Code: codeUnauthorized,
 					Message: "missing or wrong bearer token: send Authorization: Bearer <API_TOKEN>"}
 			}
@@ -139,13 +191,20 @@ func requireToken(token string) echo.MiddlewareFunc {
 	}
 }
 
-// securityHeaders sets the headers every response carries.
-func securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		h := c.Response().Header()
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Referrer-Policy", "no-referrer")
-		return next(c)
+// securityHeaders sets the headers every response carries, and
+// Strict-Transport-Security (when hsts is set) on every HTTPS response:
+// API answers, errors and the page alike.
+func securityHeaders(hsts string) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			h := c.Response().Header()
+			h.Set("X-Content-Type-Options", "nosniff")
+			h.Set("Referrer-Policy", "no-referrer")
+			if hsts != "" && c.Request().TLS != nil {
+				h.Set("Strict-Transport-Security", hsts)
+			}
+			return next(c)
+		}
 	}
 }
 

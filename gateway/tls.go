@@ -30,9 +30,22 @@ func tlsConfig(certFile, keyFile string) (*tls.Config, bool, error) {
 	}
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS12,
+		CipherSuites: aeadSuites,
 		Certificates: []tls.Certificate{cert},
 		NextProtos:   []string{"h2", "http/1.1"},
 	}, selfSigned, nil
+}
+
+// aeadSuites are the TLS 1.2 cipher suites offered: ECDHE key exchange with
+// an AEAD cipher only (no CBC, no SHA-1 MACs, no RSA key exchange). TLS 1.3
+// suites are not configurable and all AEAD.
+var aeadSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 }
 
 // selfSignedCertificate makes a P-256 certificate for localhost, 127.0.0.1

@@ -44,20 +44,21 @@ func (a *allClient) MissedChanges() {
 		"live changes may have been missed (the gateway lost NATS for a while): subscribe again with since"))
 }
 
-// watchAll handles a watch-all command. It runs on the connection's reader,
-// which owns c.all.
-func (c *wsConn) watchAll(ctx context.Context, cmd protocol.Command) {
+// watchAll handles a watch-all command on the connection's reader, which
+// owns c.all: it subscribes (or unsubscribes) and hands the database part
+// (the log position for the ack, the resume) to the catch-up worker, so
+// that the reader never waits on the database.
+func (c *wsConn) watchAll(cmd protocol.Command) {
 	if cmd.Name == protocol.Unsubscribe {
 		if c.all != nil {
 			c.srv.hub.UnsubscribeAll(c.all)
+			c.subsMu.Lock()
 			c.all = nil
+			c.subsMu.Unlock()
 		}
 		c.answer(protocol.AppendAllAck(nil, cmd.ID, cmd.Name, -1, 0))
 		return
 	}
-	// The ack goes out once NATS has confirmed the subscription: a client
-	// that reads the REST list after the ack misses no change. (An event
-	// may come before it: it names no products.)
 	if c.all == nil {
 		a := &allClient{c: c}
 		if err := c.srv.hub.SubscribeAll(a); err != nil {
@@ -66,8 +67,19 @@ func (c *wsConn) watchAll(ctx context.Context, cmd protocol.Command) {
 			c.answerAllError(cmd.ID, protocol.CodeUnavailable, "the gateway could not subscribe; subscribe again")
 			return
 		}
+		c.subsMu.Lock()
 		c.all = a
+		c.subsMu.Unlock()
 	}
+	c.queueCatchUp(cmd)
+}
+
+// resumeAll answers a watch-all subscribe on the catch-up worker, within
+// ctx's deadline: the ack (once NATS has confirmed the subscription, so a
+// client that reads the REST list after the ack misses no change; an event
+// may come before it: it names no products), then, with since, the changes
+// the client missed.
+func (c *wsConn) resumeAll(ctx context.Context, cmd protocol.Command) {
 	// The log's newest seq now: every change with a higher one is made
 	// after the subscription, so it arrives live. A client that sees no
 	// change before it leaves resumes from there.
@@ -82,12 +94,25 @@ func (c *wsConn) watchAll(ctx context.Context, cmd protocol.Command) {
 		return
 	}
 	// Interest first (above), the change log second: a change committed
-	// meanwhile arrives both ways and the outbox keeps one.
-	pruned, err := replaySince(ctx, c.srv.catchUp.db, cmd.Since, c.outbox.Deliver)
+	// meanwhile arrives both ways and the outbox keeps one. A client that
+	// unsubscribed meanwhile gets no more of the replay.
+	pruned, err := replaySince(ctx, c.srv.catchUp.db, cmd.Since, func(productID, version int64, event []byte) {
+		c.subsMu.Lock()
+		if c.all != nil {
+			c.outbox.Deliver(productID, version, event)
+		}
+		c.subsMu.Unlock()
+	})
 	switch {
+	case err != nil && c.catchCtx.Err() != nil:
+		// the connection is ending
 	case err != nil:
 		c.srv.logger.Warn("watch-all resume failed", "conn_id", c.id, "since", cmd.Since, "err", err)
-		c.answerAllError(cmd.ID, protocol.CodeUnavailable, "could not read the change log; subscribe again to retry")
+		msg := "could not read the change log; subscribe again to retry"
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			msg = "the database did not answer within " + c.srv.cfg.catchUpTimeout.String() + "; subscribe again to retry"
+		}
+		c.answerAllError(cmd.ID, protocol.CodeUnavailable, msg)
 	case pruned:
 		c.answerAllError(cmd.ID, protocol.CodeResync,
 			"the change log no longer holds every change after since: reload the products over REST (GET /products)")
@@ -99,7 +124,9 @@ func (c *wsConn) watchAll(ctx context.Context, cmd protocol.Command) {
 func (c *wsConn) stopWatchingAll() {
 	if c.all != nil {
 		c.srv.hub.UnsubscribeAll(c.all)
+		c.subsMu.Lock()
 		c.all = nil
+		c.subsMu.Unlock()
 	}
 }
 

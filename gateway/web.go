@@ -41,14 +41,19 @@ type webAssets struct {
 	assets   map[string]*asset
 	preload  []string // the assets the page needs, in Link preload form
 	pushList []string // the assets pushed with the page
-	hsts     string   // Strict-Transport-Security value; "" when off
 }
 
-func newWebAssets(hstsMaxAge int) (*webAssets, error) {
-	w := &webAssets{assets: map[string]*asset{}}
-	if hstsMaxAge > 0 {
-		w.hsts = "max-age=" + strconv.Itoa(hstsMaxAge)
+// hstsValue is the Strict-Transport-Security header for HSTS_MAX_AGE; ""
+// when off. The router sets it on every HTTPS response.
+func hstsValue(maxAge int) string {
+	if maxAge <= 0 {
+		return ""
 	}
+	return "max-age=" + strconv.Itoa(maxAge)
+}
+
+func newWebAssets() (*webAssets, error) {
+	w := &webAssets{assets: map[string]*asset{}}
 	err := fs.WalkDir(webFS, "web", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
@@ -142,9 +147,6 @@ func (w *webAssets) serve(rw http.ResponseWriter, r *http.Request, a *asset) {
 	h.Set("ETag", a.etag)
 	h.Set("Cache-Control", "no-cache") // revalidate: cheap with the ETag, and a deploy shows at once
 	h.Set("Vary", "Accept-Encoding")
-	if w.hsts != "" && r.TLS != nil {
-		h.Set("Strict-Transport-Security", w.hsts)
-	}
 	if strings.HasPrefix(a.contentType, "text/html") {
 		h.Set("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 	}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,27 @@ type wsConfig struct {
 	slowAfter        time.Duration
 	maxUnreadAnswers int
 	conflation       hub.Conflation // when a client's queue conflates (ws_writer.go)
+	catchUpTimeout   time.Duration  // deadline of a snapshot/resume read
+	maxConnsPerAddr  int            // sockets per client address
+	maxSubsPerAddr   int            // subscriptions of all sockets of one client address
+	maxSubsTotal     int            // subscriptions of all sockets
+	maxNATSInterests int            // products with a NATS subscription
+	trustedProxies   trustedProxies // whose X-Forwarded-For names the client
+	// onCommand, when set, sees every decoded command on the reader (tests
+	// use it to make a reader panic).
+	onCommand func(protocol.Command)
+	// onWrite, when set, sees every queued message the writer is about to
+	// write (tests use it to make a writer panic).
+	onWrite func(msg []byte)
+}
+
+// maxPendingCatchUps is how many snapshot/resume reads a connection may
+// have waiting: more answer rate_limited (the subscription itself holds).
+const maxPendingCatchUps = 4
+
+// addrUsage is what one client address holds (guarded by wsServer.mu).
+type addrUsage struct {
+	conns, subs int
 }
 
 // wsServer serves /websocket: it upgrades, then runs one wsConn per socket
@@ -48,19 +70,63 @@ type wsServer struct {
 	catchUp *catchUp
 	logger  *slog.Logger
 	metrics *wsMetrics
+	panics  *panics
 	base    context.Context // the server's; ends only after Drain
 
-	mu       sync.Mutex // guards conns, slots and draining
-	conns    map[*wsConn]struct{}
-	slots    int // sockets open or being upgraded: at most cfg.maxConnections
-	draining bool
-	nextID   atomic.Uint64
+	mu        sync.Mutex // guards conns, slots, draining, addrs and totalSubs
+	conns     map[*wsConn]struct{}
+	slots     int // sockets open or being upgraded: at most cfg.maxConnections
+	draining  bool
+	addrs     map[string]*addrUsage // by addrKey; an entry goes when its last socket does
+	totalSubs int                   // subscriptions of all sockets
+	nextID    atomic.Uint64
 
 	batchBuffers *sync.Pool // the writers' batch buffers (ws_writer.go)
 }
 
-func newWSServer(base context.Context, cfg wsConfig, h *hub.Hub, cu *catchUp, logger *slog.Logger, m *wsMetrics) *wsServer {
-	return &wsServer{cfg: cfg, hub: h, catchUp: cu, logger: logger, metrics: m, base: base, conns: make(map[*wsConn]struct{}), batchBuffers: newBatchPool()}
+func newWSServer(base context.Context, cfg wsConfig, h *hub.Hub, cu *catchUp, logger *slog.Logger, m *wsMetrics, p *panics) *wsServer {
+	return &wsServer{cfg: cfg, hub: h, catchUp: cu, logger: logger, metrics: m, panics: p, base: base,
+		conns: make(map[*wsConn]struct{}), addrs: make(map[string]*addrUsage), batchBuffers: newBatchPool()}
+}
+
+// addresses returns how many client addresses hold sockets (for a gauge).
+func (s *wsServer) addresses() float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return float64(len(s.addrs))
+}
+
+// reserveSubs takes n subscriptions for addr from the per-address and
+// per-gateway budgets, of which interests are products nobody here watches
+// yet (each a new NATS subscription). It returns the limit that refuses,
+// "" when reserved. The NATS interest count is read, not reserved: under
+// concurrent subscribes it may overshoot by the ids in flight.
+func (s *wsServer) reserveSubs(addr string, n, interests int) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	u := s.addrs[addr]
+	switch {
+	case u.subs+n > s.cfg.maxSubsPerAddr:
+		return "subscriptions_per_addr"
+	case s.totalSubs+n > s.cfg.maxSubsTotal:
+		return "subscriptions_total"
+	case interests > 0 && int(s.hub.Products())+interests > s.cfg.maxNATSInterests:
+		return "nats_interests"
+	}
+	u.subs += n
+	s.totalSubs += n
+	return ""
+}
+
+// releaseSubs gives n subscriptions of addr back.
+func (s *wsServer) releaseSubs(addr string, n int) {
+	if n == 0 {
+		return
+	}
+	s.mu.Lock()
+	s.addrs[addr].subs -= n
+	s.totalSubs -= n
+	s.mu.Unlock()
 }
 
 // queued returns how many messages wait in all connections' queues (for the
@@ -76,25 +142,44 @@ func (s *wsServer) queued() float64 {
 }
 
 func (s *wsServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if refusal := notAnUpgrade(r); refusal != nil {
+		s.metrics.refused.Inc()
+		if refusal.Status == http.StatusUpgradeRequired {
+			w.Header().Set("Connection", "Upgrade")
+			w.Header().Set("Upgrade", "websocket")
+		}
+		writeAPIError(w, refusal)
+		return
+	}
+	addr := addrKey(s.cfg.trustedProxies.clientAddr(r))
 	// A slot is reserved before the upgrade, so that sockets being upgraded
-	// count against the limit too.
+	// count against the limits too.
+	var refusal *apiError
 	s.mu.Lock()
-	refuse := ""
+	u := s.addrs[addr]
 	switch {
 	case s.draining:
-		refuse = "the gateway is shutting down; reconnect to another"
+		refusal = &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable, Message: "the gateway is shutting down; reconnect to another"}
 	case s.slots >= s.cfg.maxConnections:
-		refuse = "the gateway has reached its connection limit; retry later or elsewhere"
+		s.metrics.limitRefusals.WithLabelValues("connections_total").Inc()
+		refusal = &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable, Message: "the gateway has reached its connection limit; retry later or elsewhere"}
+	case u != nil && u.conns >= s.cfg.maxConnsPerAddr:
+		s.metrics.limitRefusals.WithLabelValues("connections_per_addr").Inc()
+		refusal = &apiError{Status: http.StatusTooManyRequests, Code: codeTooManyConnections,
+			Message: "too many WebSocket connections from your address (at most " + strconv.Itoa(s.cfg.maxConnsPerAddr) + "); close some first"}
 	default:
 		s.slots++
+		if u == nil {
+			u = &addrUsage{}
+			s.addrs[addr] = u
+		}
+		u.conns++
 	}
 	s.mu.Unlock()
-	if refuse != "" {
+	if refusal != nil {
 		s.metrics.refused.Inc()
-		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Retry-After", "1")
-		w.WriteHeader(http.StatusServiceUnavailable)
-		_, _ = w.Write(marshalError(&apiError{Code: codeUnavailable, Message: refuse}))
+		writeAPIError(w, refusal)
 		return
 	}
 	sb := &smallBuffers{ResponseWriter: w, writeTimeout: s.cfg.writeTimeout, pool: s.batchBuffers}
@@ -103,7 +188,7 @@ func (s *wsServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		CompressionMode: websocket.CompressionDisabled,
 	})
 	if err != nil {
-		s.release()
+		s.release(addr)
 		s.metrics.refused.Inc()
 		s.logger.Info("websocket upgrade refused", "err", err, "origin", r.Header.Get("Origin"))
 		return // Accept has answered (403 for a foreign origin, 400/426 for a bad upgrade)
@@ -112,15 +197,17 @@ func (s *wsServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c := &wsConn{
 		finished: make(chan struct{}),
 		id:       s.nextID.Add(1),
+		addr:     addr,
 		srv:      s,
 		ws:       ws,
 		outbox:   hub.NewOutbox(s.cfg.maxUnreadAnswers),
 		subs:     make(map[int64]struct{}),
 		limit:    rate.NewLimiter(s.cfg.commandRate, s.cfg.commandBurst),
+		strikes:  rate.NewLimiter(s.cfg.commandRate/10, 3*s.cfg.commandBurst),
 	}
 	s.setUpWriter(c, sb)
 	if !s.add(c) {
-		s.release()
+		s.release(addr)
 		_ = ws.Close(websocket.StatusGoingAway, "the gateway is shutting down")
 		return
 	}
@@ -148,15 +235,52 @@ func (s *wsServer) remove(c *wsConn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
-	s.release()
+	s.release(c.addr)
 	s.metrics.connections.Dec()
 }
 
-// release frees a connection slot.
-func (s *wsServer) release() {
+// release frees a connection slot of addr.
+func (s *wsServer) release(addr string) {
 	s.mu.Lock()
 	s.slots--
+	if u := s.addrs[addr]; u != nil {
+		if u.conns--; u.conns <= 0 {
+			delete(s.addrs, addr)
+		}
+	}
 	s.mu.Unlock()
+}
+
+// notAnUpgrade answers a request to /websocket that is no WebSocket
+// handshake: 426 with a JSON body over HTTP/1.x, 400 over HTTP/2 (where a
+// WebSocket needs extended CONNECT, RFC 8441, and browsers open one over
+// HTTP/1.1 instead). Nil for a handshake.
+func notAnUpgrade(r *http.Request) *apiError {
+	if r.ProtoMajor >= 2 {
+		if r.Method == http.MethodConnect {
+			return nil // RFC 8441: coder/websocket decides
+		}
+		return &apiError{Status: http.StatusBadRequest, Code: codeUpgradeRequired,
+			Message: "/websocket is a WebSocket endpoint: open it with a WebSocket client (over HTTP/1.1 here)"}
+	}
+	if headerHasToken(r.Header, "Connection", "upgrade") && headerHasToken(r.Header, "Upgrade", "websocket") {
+		return nil
+	}
+	return &apiError{Status: http.StatusUpgradeRequired, Code: codeUpgradeRequired,
+		Message: "/websocket is a WebSocket endpoint: send a WebSocket handshake (Connection: Upgrade, Upgrade: websocket)"}
+}
+
+// headerHasToken reports whether a comma-separated header holds token
+// (case-insensitive).
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Drain refuses new sockets and closes the open ones with 1001 (going
@@ -196,13 +320,25 @@ func (s *wsServer) Drain(ctx context.Context, window time.Duration) {
 // goroutine running run (the reader); the outbox is shared with the hub's
 // dispatchers and drained by the writer goroutine.
 type wsConn struct {
-	id     uint64
-	srv    *wsServer
-	ws     *websocket.Conn
-	outbox *hub.Outbox
-	subs   map[int64]struct{}
-	all    *allClient // watching every product (watchall.go); owned by the reader
-	limit  *rate.Limiter
+	id      uint64
+	addr    string // addrKey of the client
+	srv     *wsServer
+	ws      *websocket.Conn
+	outbox  *hub.Outbox
+	subsMu  sync.Mutex         // the reader changes subs under it; the catch-up worker reads under it
+	subs    map[int64]struct{} // changed by the reader only
+	all     *allClient         // watching every product (watchall.go); changed by the reader only, under subsMu
+	limit   *rate.Limiter      // frames per second
+	strikes *rate.Limiter      // frames over the limit: empty means the client keeps pushing, close 4029
+
+	// Catch-up reads (snapshot, resume) run on a worker goroutine, one at
+	// a time per connection, started when there is one to run: the reader
+	// goes on reading pongs and commands meanwhile.
+	catchMu      sync.Mutex // guards catchJobs and catchRunning
+	catchJobs    []protocol.Command
+	catchRunning bool
+	catchCtx     context.Context // ends when run ends; set before reading
+	catchers     sync.WaitGroup
 
 	reason   atomic.Pointer[closeReason] // why the gateway closed it; the first reason wins
 	finished chan struct{}
@@ -238,7 +374,10 @@ func (c *wsConn) run(base context.Context) {
 	defer close(c.finished)
 	stopWriter := c.startWriter()
 
-	readErr := c.read(base)
+	catchCtx, stopCatchUps := context.WithCancel(base)
+	c.catchCtx = catchCtx
+	readErr := c.readRecovering(base)
+	stopCatchUps()
 	if r, ok := readErr.(*closeReason); ok {
 		c.reason.CompareAndSwap(nil, r)
 		if r.code != websocket.StatusMessageTooBig { // coder/websocket sent that one itself
@@ -246,12 +385,14 @@ func (c *wsConn) run(base context.Context) {
 		}
 	}
 	stopWriter()
+	c.catchers.Wait()
 
 	ids := make([]int64, 0, len(c.subs))
 	for id := range c.subs {
 		ids = append(ids, id)
 	}
 	c.srv.hub.Unsubscribe(c.outbox, ids)
+	c.srv.releaseSubs(c.addr, len(ids))
 	c.stopWatchingAll()
 	c.srv.metrics.subscriptions.Sub(float64(len(ids)))
 	if r := c.reason.Load(); r != nil {
@@ -260,9 +401,22 @@ func (c *wsConn) run(base context.Context) {
 	}
 }
 
-// read handles commands until the socket or ctx ends.
+// readRecovering is read with a panic recovered: it ends this connection
+// only, with 1011 (internal error).
+func (c *wsConn) readRecovering(ctx context.Context) (err error) {
+	defer c.srv.panics.recovered("websocket_reader", func() {
+		err = &closeReason{code: websocket.StatusInternalError, text: "internal error", metric: "panic"}
+	})
+	return c.read(ctx)
+}
+
+// read handles commands until the socket or ctx ends. Every data frame,
+// binary ones included, passes the rate limiter first. A frame over the
+// limit is answered rate_limited and costs a strike; strikes come back at a
+// tenth of the command rate, so a client that keeps sending faster than the
+// limit (sustained, not one burst) runs out and is closed with 4029, even
+// though some of its frames are allowed meanwhile.
 func (c *wsConn) read(ctx context.Context) error {
-	violations := 0
 	for {
 		typ, data, err := c.ws.Read(ctx)
 		if err != nil {
@@ -271,19 +425,17 @@ func (c *wsConn) read(ctx context.Context) error {
 			}
 			return err
 		}
-		if typ != websocket.MessageText {
-			c.answerError(nil, protocol.CodeBinaryFrame, "binary frames are not part of the protocol: send JSON text", nil)
-			continue
-		}
 		if !c.limit.Allow() {
-			violations++
-			if violations > 3*c.srv.cfg.commandBurst {
+			if !c.strikes.Allow() {
 				return &closeReason{code: closeRateLimited, text: "too many commands: over the rate limit for too long", metric: "rate_limit"}
 			}
 			c.answerError(nil, protocol.CodeRateLimited, "too many commands: slow down", nil)
 			continue
 		}
-		violations = 0
+		if typ != websocket.MessageText {
+			c.answerError(nil, protocol.CodeBinaryFrame, "binary frames are not part of the protocol: send JSON text", nil)
+			continue
+		}
 		c.srv.metrics.commands.Inc()
 		cmd, err := protocol.Decode(data, c.srv.cfg.maxIDsPerCommand)
 		var perr *protocol.Error
@@ -291,56 +443,160 @@ func (c *wsConn) read(ctx context.Context) error {
 			c.answerError(perr.ID, perr.Code, perr.Message, nil)
 			continue
 		}
+		if c.srv.cfg.onCommand != nil {
+			c.srv.cfg.onCommand(cmd)
+		}
 		switch {
 		case cmd.All:
-			c.watchAll(ctx, cmd)
+			c.watchAll(cmd)
 		case cmd.Name == protocol.Subscribe:
-			c.subscribe(ctx, cmd)
+			c.subscribe(cmd)
 		case cmd.Name == protocol.Unsubscribe:
 			c.unsubscribe(cmd)
 		}
 	}
 }
 
-// subscribe adds this connection's interest in cmd's products, then sends
+// subscribe adds this connection's interest in cmd's products, then queues
 // what the client asked to catch up on (snapshot, or what moved on since its
-// versions): interest first, state second, so no change falls between.
-func (c *wsConn) subscribe(ctx context.Context, cmd protocol.Command) {
+// versions) for the catch-up worker: interest first, state second, so no
+// change falls between. Products that do not exist (yet) may be watched;
+// they count against the limits like any other.
+func (c *wsConn) subscribe(cmd protocol.Command) {
 	var added []int64
+	interests := 0
 	for _, id := range cmd.ProductIDs {
 		if _, ok := c.subs[id]; !ok {
 			added = append(added, id)
+			if len(c.srv.hub.SubscribersOf(id)) == 0 {
+				interests++
+			}
 		}
 	}
 	if len(c.subs)+len(added) > c.srv.cfg.maxSubscriptions {
+		c.srv.metrics.limitRefusals.WithLabelValues("subscriptions_per_conn").Inc()
 		c.answerError(cmd.ID, protocol.CodeTooManySubscriptions,
 			"a connection watches at most "+strconv.Itoa(c.srv.cfg.maxSubscriptions)+" products; unsubscribe some first", nil)
+		return
+	}
+	if limit := c.srv.reserveSubs(c.addr, len(added), interests); limit != "" {
+		c.srv.metrics.limitRefusals.WithLabelValues(limit).Inc()
+		switch limit {
+		case "subscriptions_per_addr":
+			c.answerError(cmd.ID, protocol.CodeTooManySubscriptions,
+				"the connections from your address watch at most "+strconv.Itoa(c.srv.cfg.maxSubsPerAddr)+" products together; unsubscribe some first", nil)
+		default:
+			c.answerError(cmd.ID, protocol.CodeUnavailable,
+				"this gateway watches as many products as it may; retry later or on another gateway", cmd.ProductIDs)
+		}
 		return
 	}
 	// The ack goes out before any event of these products can be queued.
 	c.answer(protocol.AppendAck(nil, cmd.ID, cmd.Name, cmd.ProductIDs))
 	if err := c.srv.hub.Subscribe(c.outbox, added); err != nil {
 		c.srv.hub.Unsubscribe(c.outbox, added)
+		c.srv.releaseSubs(c.addr, len(added))
 		c.srv.logger.Warn("subscribe failed", "conn_id", c.id, "err", err)
 		c.answerError(cmd.ID, protocol.CodeUnavailable, "the gateway could not subscribe after all; subscribe again", cmd.ProductIDs)
 		return
 	}
+	c.subsMu.Lock()
 	for _, id := range added {
 		c.subs[id] = struct{}{}
 	}
+	c.subsMu.Unlock()
 	c.srv.metrics.subscriptions.Add(float64(len(added)))
 	if !cmd.Snapshot && len(cmd.Versions) == 0 {
 		return
 	}
-	res, err := c.srv.catchUp.load(ctx, cmd.ProductIDs, cmd.Versions, cmd.Snapshot)
-	if err != nil {
-		c.srv.logger.Warn("catch-up failed", "conn_id", c.id, "err", err)
-		c.answerError(cmd.ID, protocol.CodeUnavailable, "could not read the current state; resubscribe to retry", cmd.ProductIDs)
+	c.queueCatchUp(cmd)
+}
+
+// queueCatchUp hands cmd's snapshot/resume read to the connection's
+// catch-up worker, starting it when none runs.
+func (c *wsConn) queueCatchUp(cmd protocol.Command) {
+	c.catchMu.Lock()
+	if len(c.catchJobs) >= maxPendingCatchUps {
+		c.catchMu.Unlock()
+		c.srv.metrics.limitRefusals.WithLabelValues("catchups_pending").Inc()
+		if cmd.All {
+			c.answerAllError(cmd.ID, protocol.CodeRateLimited,
+				"subscribed, but "+strconv.Itoa(maxPendingCatchUps)+" snapshot or resume reads wait already: wait for their answers, then subscribe again")
+			return
+		}
+		c.answerError(cmd.ID, protocol.CodeRateLimited,
+			"subscribed, but "+strconv.Itoa(maxPendingCatchUps)+" snapshot or resume reads wait already: wait for their answers, then resubscribe with snapshot to catch up", cmd.ProductIDs)
 		return
 	}
-	for _, m := range res.messages {
-		c.outbox.Deliver(m.productID, m.version, m.data)
+	c.catchJobs = append(c.catchJobs, cmd)
+	start := !c.catchRunning
+	c.catchRunning = true
+	if start {
+		c.catchers.Add(1)
 	}
+	c.catchMu.Unlock()
+	if start {
+		go c.catchUpWorker()
+	}
+}
+
+// catchUpWorker runs the queued catch-up reads, in order, and ends when
+// none is left or the connection ends.
+func (c *wsConn) catchUpWorker() {
+	defer c.catchers.Done()
+	for {
+		c.catchMu.Lock()
+		if len(c.catchJobs) == 0 || c.catchCtx.Err() != nil {
+			c.catchJobs = nil
+			c.catchRunning = false
+			c.catchMu.Unlock()
+			return
+		}
+		cmd := c.catchJobs[0]
+		c.catchJobs = c.catchJobs[1:]
+		c.catchMu.Unlock()
+		c.runCatchUp(cmd)
+	}
+}
+
+// runCatchUp reads and queues what one subscribe asked to catch up on,
+// within the catch-up deadline; a read that fails or times out answers
+// unavailable and leaves the subscription as it is.
+func (c *wsConn) runCatchUp(cmd protocol.Command) {
+	defer c.srv.panics.recovered("catchup", func() {
+		c.answerError(cmd.ID, protocol.CodeUnavailable, "could not read the current state; resubscribe with snapshot to retry", cmd.ProductIDs)
+	})
+	ctx, cancel := context.WithTimeout(c.catchCtx, c.srv.cfg.catchUpTimeout)
+	defer cancel()
+	if cmd.All {
+		c.resumeAll(ctx, cmd)
+		return
+	}
+	res, err := c.srv.catchUp.load(ctx, cmd.ProductIDs, cmd.Versions, cmd.Snapshot)
+	if err != nil {
+		if c.catchCtx.Err() != nil {
+			return // the connection is ending
+		}
+		outcome, msg := "error", "could not read the current state; you are subscribed: resubscribe with snapshot to retry"
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			outcome = "timeout"
+			msg = "the database did not answer within " + c.srv.cfg.catchUpTimeout.String() + "; you are subscribed: resubscribe with snapshot to retry"
+		}
+		c.srv.metrics.catchUps.WithLabelValues(outcome).Inc()
+		c.srv.logger.Warn("catch-up failed", "conn_id", c.id, "err", err)
+		c.answerError(cmd.ID, protocol.CodeUnavailable, msg, cmd.ProductIDs)
+		return
+	}
+	c.srv.metrics.catchUps.WithLabelValues("ok").Inc()
+	// Only products still watched: the client may have unsubscribed while
+	// the read ran (unsubscribe forgets under the same lock).
+	c.subsMu.Lock()
+	for _, m := range res.messages {
+		if _, ok := c.subs[m.productID]; ok {
+			c.outbox.Deliver(m.productID, m.version, m.data)
+		}
+	}
+	c.subsMu.Unlock()
 	if len(res.notFound) > 0 {
 		c.answerError(cmd.ID, protocol.CodeNotFound, "no such products", res.notFound)
 	}
@@ -352,6 +608,7 @@ func (c *wsConn) subscribe(ctx context.Context, cmd protocol.Command) {
 // unsubscribe removes this connection's interest only.
 func (c *wsConn) unsubscribe(cmd protocol.Command) {
 	var removed []int64
+	c.subsMu.Lock()
 	for _, id := range cmd.ProductIDs {
 		if _, ok := c.subs[id]; ok {
 			delete(c.subs, id)
@@ -360,6 +617,8 @@ func (c *wsConn) unsubscribe(cmd protocol.Command) {
 	}
 	c.srv.hub.Unsubscribe(c.outbox, removed)
 	c.outbox.Forget(removed)
+	c.subsMu.Unlock()
+	c.srv.releaseSubs(c.addr, len(removed))
 	c.srv.metrics.subscriptions.Sub(float64(len(removed)))
 	c.answer(protocol.AppendAck(nil, cmd.ID, cmd.Name, cmd.ProductIDs))
 }

@@ -32,8 +32,9 @@ func TestStalledClient(t *testing.T) {
 	t.Parallel()
 	g := newWSGateway(t, nil, nil, func(c *Config) {
 		// Only the write timeout drops the stalled client here; readers on a
-		// busy test machine must not count as slow.
-		c.WSWriteTimeout, c.WSSlowClientAfter = 2*time.Second, time.Minute
+		// busy test machine must not count as slow, nor be dropped by a
+		// 64 KiB batch that waited a second or two for their goroutine.
+		c.WSWriteTimeout, c.WSSlowClientAfter = 6*time.Second, time.Minute
 	})
 	const products, rounds, readers = 200, 4, 3
 	ids := make([]string, products)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -64,12 +63,11 @@ func newWSGateway(t testing.TB, pg *testenv.PG, n *testenv.NATSServer, change fu
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = g.hub.Run(g.wsBase) })
 	wg.Go(func() { g.resyncer.run(g.wsBase) })
-	srv := httptest.NewServer(g.handler)
-	t.Cleanup(func() {
+	tg := newTestServers(t, pg, g)
+	t.Cleanup(func() { // before the servers close (cleanups run last first)
 		g.ws.Drain(context.Background(), 0)
 		g.stopWS()
 		wg.Wait()
-		srv.Close()
 		gnc.Close()
 	})
 	pub, err := nats.Connect(n.URL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
@@ -77,7 +75,7 @@ func newWSGateway(t testing.TB, pg *testenv.PG, n *testenv.NATSServer, change fu
 		t.Fatal(err)
 	}
 	t.Cleanup(pub.Close)
-	return &wsGateway{testGateway: &testGateway{PG: pg, srv: srv, validator: apitest.NewValidator(t)}, g: g, nats: n, nc: pub}
+	return &wsGateway{testGateway: tg, g: g, nats: n, nc: pub}
 }
 
 // wsClient is a test's WebSocket client. Every message it reads is checked

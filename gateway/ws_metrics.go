@@ -1,6 +1,9 @@
 package main
 
 import (
+	"fmt"
+	"log/slog"
+	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +25,8 @@ type wsMetrics struct {
 	deliveryLatency prometheus.Histogram
 	queueWait       prometheus.Histogram
 	resyncs         prometheus.Counter
+	limitRefusals   *prometheus.CounterVec
+	catchUps        *prometheus.CounterVec
 
 	clientsConflated prometheus.Counter   // connections that fell behind and were conflated
 	batchMessages    prometheus.Histogram // messages per socket write
@@ -50,9 +55,13 @@ func newWSMetrics(reg prometheus.Registerer, h *hub.Hub) *wsMetrics {
 			Buckets: []float64{.0001, .0005, .001, .005, .01, .05, .1, .5, 1, 5}}),
 		resyncs: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "resyncs_total",
 			Help: "Products re-read from the database after a NATS reconnect or lost messages."}),
+		limitRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "limit_refusals_total",
+			Help: "Connections and subscriptions refused by a limit (connections_total, connections_per_addr, subscriptions_per_conn, subscriptions_per_addr, subscriptions_total, nats_interests, catchups_pending)."}, []string{"limit"}),
+		catchUps: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "catchups_total",
+			Help: "Snapshot and resume reads, by outcome (ok, timeout, error)."}, []string{"outcome"}),
 	}
 	reg.MustRegister(m.connections, m.subscriptions, m.eventsOut, m.conflated, m.dropped, m.refused,
-		m.commands, m.commandErrors, m.deliveryLatency, m.queueWait, m.resyncs,
+		m.commands, m.commandErrors, m.deliveryLatency, m.queueWait, m.resyncs, m.limitRefusals, m.catchUps,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: ns + "nats_subscriptions",
 			Help: "Products this gateway holds a NATS subscription for."}, func() float64 { return float64(h.Products()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: ns + "events_received_total",
@@ -85,4 +94,42 @@ func (m *wsMetrics) sent(msg []byte, queued time.Time) {
 	if at, ok := change.ChangedAt(msg); ok { // snapshots have no changedAt
 		m.deliveryLatency.Observe(now.Sub(at).Seconds())
 	}
+}
+
+// panics recovers, logs and counts panics of the gateway's goroutines
+// (productwatch_gateway_panics_total{where}): a panic ends only the
+// connection or the loop iteration it happened in, never the process.
+type panics struct {
+	logger *slog.Logger
+	total  *prometheus.CounterVec
+}
+
+func newPanics(reg prometheus.Registerer, logger *slog.Logger) *panics {
+	p := &panics{logger: logger, total: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "productwatch_gateway_panics_total",
+		Help: "Panics recovered, by where they happened (websocket_reader, websocket_writer, catchup, hub_dispatcher (fan-out helpers included), resyncer).",
+	}, []string{"where"})}
+	reg.MustRegister(p.total)
+	return p
+}
+
+// recovered is deferred by the top function of a goroutine (defer
+// p.recovered("websocket_reader", onPanic)): it recovers a panic, logs it
+// with its stack, counts it under where and then calls onPanic (nil: none),
+// which ends what the panic broke (closes the socket with 1011, say).
+func (p *panics) recovered(where string, onPanic func()) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	p.report(where, v, debug.Stack())
+	if onPanic != nil {
+		onPanic()
+	}
+}
+
+// report logs and counts a panic recovered elsewhere (hub.Options.OnPanic).
+func (p *panics) report(where string, v any, stack []byte) {
+	p.total.WithLabelValues(where).Inc()
+	p.logger.Error("panic recovered", "where", where, "panic", fmt.Sprint(v), "stack", string(stack))
 }

@@ -106,6 +106,12 @@ func (c *wsConn) startWriter() (stop func()) {
 // until the connection ends or nothing has come for writerIdle.
 func (c *wsConn) writeLoop() {
 	defer c.w.tasks.Done()
+	// A panic ends this connection (1011), not the process. The writer
+	// stays marked running, so no other starts for a closing socket.
+	defer c.srv.panics.recovered("websocket_writer", func() {
+		_ = c.w.cork.flush() // whole frames only: the panic came between writes
+		c.stop(websocket.StatusInternalError, "internal error", "panic")
+	})
 	idle := time.NewTimer(writerIdle)
 	defer idle.Stop()
 	for {
@@ -172,6 +178,9 @@ func (c *wsConn) writeQueued() bool {
 				werr = errSlow
 				break
 			}
+			if c.srv.cfg.onWrite != nil {
+				c.srv.cfg.onWrite(msg)
+			}
 			// No deadline here: the frame only goes into the cork's
 			// buffer. The write timeout applies to the socket write in
 			// flush, and a context without one spares coder/websocket a
@@ -216,6 +225,9 @@ func (c *wsConn) pinger() {
 	c.w.tasks.Add(1)
 	c.w.mu.Unlock()
 	defer c.w.tasks.Done()
+	defer c.srv.panics.recovered("websocket_pinger", func() {
+		c.stop(websocket.StatusInternalError, "internal error", "panic")
+	})
 	// No parent context: the connection's end (CloseNow) ends the ping.
 	pctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.writeTimeout)
 	err := c.ws.Ping(pctx)

@@ -84,13 +84,11 @@ func TestCheckResponse(t *testing.T) {
 		{name: "delete", ex: exchange{"DELETE", "/products/42", 204, nil, ""}},
 		{name: "delete failing", ex: exchange{"DELETE", "/products/42", 500, jsonHeader(), errorJSON("internal")}},
 		{name: "healthz", ex: exchange{"GET", "/healthz", 200, jsonHeader("Cache-Control", "no-store"), `{"status":"ok"}` + "\n"}},
-		{name: "readyz ready", ex: exchange{"GET", "/readyz", 200, jsonHeader(), `{"status":"ready","checks":{"database":"ok","migrations":"ok","nats":"ok"}}`}},
+		{name: "readyz ready", ex: exchange{"GET", "/readyz", 200, jsonHeader(), `{"status":"ready"}`}},
 		{name: "readyz not ready", ex: exchange{"GET", "/readyz", 503, jsonHeader(),
-			`{"status":"not ready","checks":{"database":"connection refused","migrations":"ok","shutdown":"shutting down"}}`}},
+			`{"status":"not ready"}`}},
 		{name: "unlisted path", ex: exchange{"GET", "/no/such/route", 404, jsonHeader(), errorJSON("not_found")}},
 		{name: "unsupported method", ex: exchange{"DELETE", "/products", 405, jsonHeader("Allow", "OPTIONS, GET, POST"), errorJSON("method_not_allowed")}},
-		{name: "metrics", ex: exchange{"GET", "/metrics", 200, map[string]string{"Content-Type": "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"},
-			"# TYPE up gauge\nup 1\n"}},
 
 		// Answers the document does not allow.
 		{name: "undocumented status", ex: exchange{"GET", "/products/42", 418, jsonHeader(), errorJSON("internal")},
@@ -140,9 +138,9 @@ func TestCheckResponse(t *testing.T) {
 			wantErr: "Content-Type"},
 		{name: "delete with a body", ex: exchange{"DELETE", "/products/42", 204, jsonHeader(), productJSON},
 			wantErr: "has no body in the document"},
-		{name: "readyz ready with a failing check", ex: exchange{"GET", "/readyz", 200, jsonHeader(), `{"status":"ready","checks":{"database":"connection refused"}}`},
+		{name: "readyz with the checks' details", ex: exchange{"GET", "/readyz", 200, jsonHeader(), `{"status":"ready","checks":{"database":"ok"}}`},
 			wantErr: "doesn't match schema"},
-		{name: "readyz not ready with status ready", ex: exchange{"GET", "/readyz", 503, jsonHeader(), `{"status":"ready","checks":{"database":"ok"}}`},
+		{name: "readyz not ready with status ready", ex: exchange{"GET", "/readyz", 503, jsonHeader(), `{"status":"ready"}`},
 			wantErr: "doesn't match schema"},
 	}
 	for _, tc := range cases {

@@ -113,8 +113,12 @@ func run(ctx context.Context, opts options, logger *slog.Logger) error {
 		return fmt.Errorf("bridge: %w", err)
 	}
 
+	gatewayMetrics, err := freeAddr("127.0.0.1:9092")
+	if err != nil {
+		return err
+	}
 	gatewayEnv := []string{"DATABASE_URL=" + dsn, "LISTEN_ADDR=" + opts.gatewayAddr, "API_TOKEN=" + token,
-		"NATS_URL=" + natsURL, "LOG_FORMAT=text"}
+		"NATS_URL=" + natsURL, "LOG_FORMAT=text", "METRICS_ADDR=" + gatewayMetrics}
 	if embedListen != "" {
 		gatewayEnv = append(gatewayEnv, "NATS_USER="+broker.GatewayUser, "NATS_PASSWORD="+creds.Gateway)
 	}

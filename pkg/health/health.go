@@ -90,6 +90,21 @@ func (p *Probes) LiveHandler() http.Handler {
 	})
 }
 
+// TerseReadyHandler answers 200 {"status":"ready"} when ready and 503
+// {"status":"not ready"} otherwise, without the checks' error texts (they
+// can name hosts and addresses): for a public port. ReadyHandler has the
+// details, for a private one.
+func (p *Probes) TerseReadyHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		res, ready := p.Ready(r.Context())
+		status := http.StatusOK
+		if !ready {
+			status = http.StatusServiceUnavailable
+		}
+		writeJSON(w, status, map[string]string{"status": res.Status})
+	})
+}
+
 // ReadyHandler answers 200 with the checks when ready, 503 otherwise.
 func (p *Probes) ReadyHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -76,3 +76,20 @@ func TestLiveAndMetrics(t *testing.T) {
 		t.Errorf("/metrics = %d", rec.Code)
 	}
 }
+
+// TestTerseReadyHandler: the public answer says ready or not, never why.
+func TestTerseReadyHandler(t *testing.T) {
+	p := New(50 * time.Millisecond)
+	p.Add("database", func(context.Context) error { return errors.New("dial tcp 10.1.2.3:5432: connection refused") })
+	rec := httptest.NewRecorder()
+	p.TerseReadyHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+	if rec.Code != 503 || strings.TrimSpace(rec.Body.String()) != `{"status":"not ready"}` {
+		t.Errorf("= %d %s", rec.Code, rec.Body)
+	}
+	p = New(50 * time.Millisecond)
+	rec = httptest.NewRecorder()
+	p.TerseReadyHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+	if rec.Code != 200 || strings.TrimSpace(rec.Body.String()) != `{"status":"ready"}` {
+		t.Errorf("= %d %s", rec.Code, rec.Body)
+	}
+}

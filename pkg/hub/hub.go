@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -50,6 +51,10 @@ type Options struct {
 	// out every change alone).
 	FanOutHelpers int
 	Logger        *slog.Logger
+	// OnPanic is told of a panic recovered in a dispatcher (a Subscriber's
+	// Deliver panicked): the message is dropped and the dispatcher goes on.
+	// Nil: the panic is only logged.
+	OnPanic func(value any, stack []byte)
 }
 
 // Hub is the table of watched products. Safe for concurrent use.
@@ -178,9 +183,25 @@ func (h *Hub) dispatch(ctx context.Context, ch chan *nats.Msg) {
 		case <-ctx.Done():
 			return
 		case msg := <-ch:
-			h.deliver(msg)
+			h.deliverRecovering(msg)
 		}
 	}
+}
+
+// deliverRecovering is deliver with a panic recovered: one bad delivery
+// must not end the process, nor stop the products sharing this dispatcher.
+func (h *Hub) deliverRecovering(msg *nats.Msg) {
+	defer func() {
+		if v := recover(); v != nil {
+			stack := debug.Stack()
+			if h.opts.OnPanic != nil {
+				h.opts.OnPanic(v, stack)
+			} else {
+				h.opts.Logger.Error("panic in a hub dispatcher; message dropped", "subject", msg.Subject, "panic", fmt.Sprint(v), "stack", string(stack))
+			}
+		}
+	}()
+	h.deliver(msg)
 }
 
 // deliver hands one NATS message to the product's current subscribers.
@@ -243,6 +264,10 @@ func (h *Hub) runJob(j *fanJob) {
 	defer j.done.Done()
 	defer func() {
 		if v := recover(); v != nil {
+			if h.opts.OnPanic != nil {
+				h.opts.OnPanic(v, debug.Stack())
+				return
+			}
 			h.opts.Logger.Error("panic in a fan-out helper; the change did not reach some subscribers", "product_id", j.id, "panic", fmt.Sprint(v))
 		}
 	}()

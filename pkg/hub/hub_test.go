@@ -246,3 +246,61 @@ func (o *orderChecker) Deliver(_, version int64, _ []byte) {
 	}
 	o.last.Store(version)
 }
+
+// panicky is a Subscriber whose Deliver panics.
+type panicky struct{}
+
+func (panicky) Deliver(int64, int64, []byte) { panic("deliver exploded") }
+
+// TestDispatcherSurvivesPanic: a Deliver that panics is reported to OnPanic
+// and the dispatcher goes on delivering (one dispatcher, so that the broken
+// product and the healthy one share it).
+func TestDispatcherSurvivesPanic(t *testing.T) {
+	n := testenv.NATS(t)
+	nc, err := nats.Connect(n.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	var mu sync.Mutex
+	var panics []string
+	h := New(nc, Options{Dispatchers: 1, OnPanic: func(v any, stack []byte) {
+		mu.Lock()
+		panics = append(panics, fmt.Sprint(v))
+		mu.Unlock()
+		if !bytes.Contains(stack, []byte("Deliver")) {
+			t.Errorf("stack does not show the panicking Deliver:\n%s", stack)
+		}
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = h.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	var healthy recorder
+	if err := h.Subscribe(panicky{}, []int64{1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Subscribe(&healthy, []int64{2}); err != nil {
+		t.Fatal(err)
+	}
+	for v := int64(1); v <= 3; v++ {
+		for _, id := range []int64{1, 2} {
+			if err := nc.Publish(change.Subject(id), event(id, v)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for healthy.seen() != "[2:1 2:2 2:3]" && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond) // polling a condition with a deadline
+	}
+	if got := healthy.seen(); got != "[2:1 2:2 2:3]" {
+		t.Fatalf("healthy subscriber got %s after the panics", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(panics) != 3 || panics[0] != "deliver exploded" {
+		t.Errorf("OnPanic saw %q, want 3 panics", panics)
+	}
+}

@@ -100,15 +100,26 @@ func (s *Store) Close() error {
 
 // stmt returns query prepared, preparing it on first use. A failed prepare
 // (the database is down, say) is not remembered: the next call tries again.
+// The prepare runs outside the lock: it waits on the database (planning
+// needs the table's lock), and other callers must keep their own
+// deadlines rather than queue behind it; of two that prepare at once, the
+// first to finish is kept.
 func (s *Store) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if stmt, ok := s.stmts[query]; ok {
+	stmt, ok := s.stmts[query]
+	s.mu.Unlock()
+	if ok {
 		return stmt, nil
 	}
 	stmt, err := s.db.PrepareContext(ctx, query)
 	if err != nil {
 		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if kept, ok := s.stmts[query]; ok {
+		_ = stmt.Close()
+		return kept, nil
 	}
 	s.stmts[query] = stmt
 	return stmt, nil

@@ -211,3 +211,53 @@ func TestStoreErrors(t *testing.T) {
 		t.Errorf("%d changes, want 1", n)
 	}
 }
+
+// TestStoreKeepsEachDeadline: with the table locked, a request with a short
+// deadline fails at its own deadline, not after another request's long
+// prepare (the first statement of a fresh Store waits for the lock).
+func TestStoreKeepsEachDeadline(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	s := NewStore(pg.DB)
+	t.Cleanup(func() { s.Close() })
+	tx, err := pg.DB.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`LOCK TABLE products IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	longDone := make(chan struct{})
+	go func() {
+		defer close(longDone)
+		ctx, cancel := context.WithTimeout(context.Background(), 6*time.Second)
+		defer cancel()
+		_, _ = s.Get(ctx, 1)
+	}()
+	// Let the long request start preparing: wait until its backend waits
+	// for the lock.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var waiting int
+		if err := pg.DB.QueryRow(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the long request never waited for the lock")
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition with a deadline
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err = s.Get(ctx, 1)
+	waited := time.Since(start)
+	if err == nil || waited > 3*time.Second {
+		t.Errorf("short request: %v after %v, want a deadline error after about 300ms", err, waited)
+	}
+	_ = tx.Rollback()
+	<-longDone
+}
