@@ -329,6 +329,9 @@ func (c *cluster) gatewayEnv(i int) []string {
 		"LISTEN_ADDR=" + loopback(p.Gateway+i-1),
 		"METRICS_ADDR=" + loopback(p.GatewayMetrics+i-1),
 		"INSECURE_HTTP=true",
+		// haproxy connects from loopback and names the client in
+		// X-Forwarded-For: the per-address limits count the real clients.
+		"TRUSTED_PROXIES=127.0.0.1/32",
 		"API_TOKEN=" + c.creds.APIToken,
 		"DRAIN_WINDOW=" + c.st.Spec.DrainWindow.String(),
 		"LOG_FORMAT=text",

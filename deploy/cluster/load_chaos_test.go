@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"sort"
 	"strconv"
@@ -65,9 +66,16 @@ type event struct {
 	Message   string `json:"message"`
 }
 
+// clientAddrs is how many loopback source addresses the clients spread
+// over (127.0.0.2 and up), as many browsers come from many addresses: the
+// gateways limit sockets per client address (WS_MAX_CONNECTIONS_PER_ADDR,
+// 100), and haproxy passes each client's address on in X-Forwarded-For.
+const clientAddrs = 20
+
 // run keeps the client connected until ctx ends.
 func (c *wsClient) run(ctx context.Context) {
-	httpClient := &http.Client{Transport: &http.Transport{TLSClientConfig: c.tls}}
+	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+c.id%clientAddrs))}}
+	httpClient := &http.Client{Transport: &http.Transport{TLSClientConfig: c.tls, DialContext: dialer.DialContext}}
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		err := c.session(ctx, httpClient)
