@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"database/sql"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,8 +20,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"github.com/lib/pq"
 
 	"github.com/productwatch/productwatch/pkg/broker"
 	"github.com/productwatch/productwatch/pkg/pgserver"
@@ -159,7 +156,7 @@ func resolveDatabase(ctx context.Context, stateDir string, logger *slog.Logger) 
 	if err != nil {
 		return "", nil, err
 	}
-	if err := createDatabase(ctx, adminDSN, databaseName); err != nil {
+	if err := pgserver.CreateDatabase(ctx, adminDSN, databaseName); err != nil {
 		if cluster != nil {
 			_ = cluster.Stop(context.WithoutCancel(ctx))
 		}
@@ -182,31 +179,6 @@ func redactDSN(dsn string) string {
 		return "(not shown)"
 	}
 	return u.Redacted()
-}
-
-// createDatabase creates name on the server of adminDSN unless it exists.
-func createDatabase(ctx context.Context, adminDSN, name string) error {
-	db, err := sql.Open("postgres", adminDSN)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	var exists bool
-	if err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
-		return fmt.Errorf("look for database %s: %w", name, err)
-	}
-	if exists {
-		return nil
-	}
-	_, err = db.ExecContext(ctx, "CREATE DATABASE "+pq.QuoteIdentifier(name))
-	var pqErr *pq.Error
-	if errors.As(err, &pqErr) && pqErr.Code == "42P04" { // created meanwhile
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("create database %s: %w", name, err)
-	}
-	return nil
 }
 
 // apiToken returns API_TOKEN, or the token kept in stateDir/api-token,
