@@ -132,7 +132,7 @@ func run(ctx context.Context, opts options, logger *slog.Logger) error {
 	if err := waitReady(ctx, exited, gatewayURL+"/readyz"); err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
-	printBanner(os.Stdout, gatewayURL, token, natsURL, metricsAddr, cli)
+	printBanner(os.Stdout, gatewayURL, token, natsURL, metricsAddr, gatewayMetrics, cli)
 
 	select {
 	case <-ctx.Done():
@@ -303,7 +303,7 @@ func waitReady(ctx context.Context, exited <-chan error, url string) error {
 	}
 }
 
-func printBanner(w io.Writer, gatewayURL, token, natsURL, metricsAddr string, cli natsCLI) {
+func printBanner(w io.Writer, gatewayURL, token, natsURL, metricsAddr, gatewayMetrics string, cli natsCLI) {
 	body := `{"manufacturer":"Apple","productName":"MacBook Pro","pricePerUnit":"500EUR","unitsAvailable":6}`
 	fmt.Fprintf(w, `
 productwatch is running. Ctrl-C stops it.
@@ -311,7 +311,7 @@ productwatch is running. Ctrl-C stops it.
   gateway     %[1]s   (self-signed development certificate: curl -k; the browser will warn once)
   API token   %[2]s
   NATS        %[3]s
-  bridge      http://%[4]s/metrics
+  metrics     bridge http://%[4]s/metrics, gateway http://%[9]s/metrics (and /readyz with details)
 
 Create a product, then list them:
 
@@ -324,5 +324,5 @@ Watch the changes arrive in JetStream (%[6]s):
   %[7]s stream info PRODUCTS
 %[8]s
 productwatch is ready.
-`, gatewayURL, token, natsURL, metricsAddr, body, cli.note, cli.command, cli.missing)
+`, gatewayURL, token, natsURL, metricsAddr, body, cli.note, cli.command, cli.missing, gatewayMetrics)
 }
