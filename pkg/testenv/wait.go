@@ -43,7 +43,7 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() (ok b
 }
 
 // WaitUntil is [WaitFor] for a condition without a detail to report.
-func WaitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+func WaitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
-	WaitFor(t, timeout, what, func() (bool, string) { return cond(), "not yet" })
+	return WaitFor(t, timeout, what, func() (bool, string) { return cond(), "not yet" })
 }
