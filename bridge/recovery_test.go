@@ -11,7 +11,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -23,6 +22,7 @@ import (
 	"github.com/productwatch/productwatch/pkg/broker"
 	"github.com/productwatch/productwatch/pkg/change"
 	"github.com/productwatch/productwatch/pkg/pgserver"
+	"github.com/productwatch/productwatch/pkg/pgserver/pgservertest"
 	"github.com/productwatch/productwatch/pkg/schema"
 	"github.com/productwatch/productwatch/pkg/testenv"
 )
@@ -343,20 +343,7 @@ func startPrivatePG(t *testing.T) *privatePG {
 		// server of the test's own to stop and start.
 		t.Skipf("needs a private PostgreSQL cluster: %v", err)
 	}
-	// os.MkdirTemp, not t.TempDir: its 0700 would keep the server's user out
-	// when the tests run as root; 0711 lets it through (as pkg/testenv does).
-	parent, err := os.MkdirTemp("", "pwtest-bridge-pg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := os.RemoveAll(parent); err != nil {
-			t.Errorf("remove %s: %v", parent, err)
-		}
-	})
-	if err := os.Chmod(parent, 0o711); err != nil {
-		t.Fatal(err)
-	}
+	parent := pgservertest.Parent(t, "pwtest-bridge-pg-")
 	p := &privatePG{opts: pgserver.Options{
 		Dir:    filepath.Join(parent, "data"),
 		Logger: testenv.Logger(t),
@@ -366,6 +353,7 @@ func startPrivatePG(t *testing.T) *privatePG {
 	}}
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
+	var err error
 	if p.cluster, err = pgserver.StartPrivate(ctx, p.opts); err != nil {
 		t.Fatalf("private cluster: %v", err)
 	}
