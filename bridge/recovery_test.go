@@ -250,11 +250,9 @@ func TestListenerKilled(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 50)
 	pg, ns, js, products := f.pg, f.ns, f.js, f.products
-	b := f.startBridge(t, noSafetyPoll)
-	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
+	b := f.startIdleBridge(t, noSafetyPoll)
 
 	// Idle.
-	waitIdle(t, b, pg.DB)
 	pid := killListener(t, pg.DB, 0)
 	updateProduct(t, pg.DB, products[0]) // while the listener is gone
 	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
@@ -524,9 +522,7 @@ func TestLargeChange(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 20)
 	pg, ns, js, products := f.pg, f.ns, f.js, f.products
-	b := f.startBridge(t, noSafetyPoll)
-	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
-	waitIdle(t, b, pg.DB)
+	f.startIdleBridge(t, noSafetyPoll)
 
 	var id int64
 	if err := pg.DB.QueryRowContext(t.Context(), insertProduct,

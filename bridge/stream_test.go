@@ -201,6 +201,16 @@ func newFixture(t testing.TB, n int) *fixture {
 	return f
 }
 
+// startIdleBridge starts a bridge like startBridge and waits until it has
+// published every change made so far and is idle (waiting for wake-ups).
+func (f *fixture) startIdleBridge(t testing.TB, extra map[string]string) *bridgeProc {
+	t.Helper()
+	b := f.startBridge(t, extra)
+	waitAllPublished(t, f.ns.URL, f.js, f.pg.DB, wakeupBound)
+	waitIdle(t, b, f.pg.DB)
+	return b
+}
+
 // startBridge starts a bridge on the fixture's database and NATS server,
 // with extra's settings (bridgeEnv), and waits until it is ready.
 func (f *fixture) startBridge(t testing.TB, extra map[string]string) *bridgeProc {
