@@ -18,17 +18,14 @@ func TestWakeupModeByRate(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 20)
 	pg, ns, js, products := f.pg, f.ns, f.js, f.products
-	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
+	b := f.startIdleBridge(t, map[string]string{
 		"WAKEUP_MAX_RATE":      "150",
 		"WAKEUP_RESUME_RATE":   "100",
 		"RATE_WINDOW":          "250ms",
 		"IDLE_AFTER":           "50ms",
 		"POLL_INTERVAL":        "1ms",
 		"SAFETY_POLL_INTERVAL": "1h",
-	}))
-	b.waitReady(t)
-	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
-	waitIdle(t, b, pg.DB)
+	})
 
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -107,13 +104,12 @@ func TestWakeupEndsWhenWritersQueueOnNotify(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 50)
 	pg, ns, js, products := f.pg, f.ns, f.js, f.products
-	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
+	b := f.startBridge(t, map[string]string{
 		"WAKEUP_MAX_RATE":      "1000000000",
 		"WAKEUP_RESUME_RATE":   "0",
 		"WAKEUP_MAX_WAITERS":   "3",
 		"SAFETY_POLL_INTERVAL": "1h",
-	}))
-	b.waitReady(t)
+	})
 	waitIdle(t, b, pg.DB)
 
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
