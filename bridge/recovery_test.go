@@ -282,23 +282,9 @@ func TestListenerKilled(t *testing.T) {
 // the stream.
 func TestPostgresRestarted(t *testing.T) {
 	t.Parallel()
-	server := startPrivatePG(t)
-	dsn := server.cluster.DSN("postgres")
-	db, err := sql.Open("postgres", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	if _, err := schema.Migrate(ctx, db, nil); err != nil {
-		t.Fatalf("migrate the private cluster: %v", err)
-	}
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := testenv.SeedProducts(t, db, 100)
-	b := startBridge(t, bridgeEnv(dsn, ns, nil))
-	b.waitReady(t)
+	server, f := newPrivateFixture(t, 100)
+	db, ns, js, products := f.pg.DB, f.ns, f.js, f.products
+	b := f.startBridge(t, nil)
 
 	w := startWriters(t, db, writeLoad{Writers: 8, Total: 100_000, Products: products, Timeout: 2 * time.Minute, TolerateErrors: true})
 	w.waitCommitted(t, 1000)
@@ -323,6 +309,28 @@ func TestPostgresRestarted(t *testing.T) {
 		t.Error("no write failed: the restart did not happen under load")
 	}
 	waitAllPublished(t, ns.URL, js, db, catchUpTimeout)
+}
+
+// newPrivateFixture starts a private cluster (startPrivatePG), migrates its
+// postgres database and sets up a fixture on it with n seeded products.
+func newPrivateFixture(t *testing.T, n int) (*privatePG, *fixture) {
+	t.Helper()
+	server := startPrivatePG(t)
+	dsn := server.cluster.DSN("postgres")
+	db, err := sql.Open("postgres", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	if _, err := schema.Migrate(ctx, db, nil); err != nil {
+		t.Fatalf("migrate the private cluster: %v", err)
+	}
+	f := &fixture{pg: &testenv.PG{DSN: dsn, Name: "postgres", DB: db}, ns: natsForBridge(t)}
+	_, f.js = connectJS(t, f.ns.URL)
+	f.products = testenv.SeedProducts(t, db, n)
+	return server, f
 }
 
 // privatePG is a PostgreSQL cluster of one test's own, which it may stop and
@@ -567,23 +575,11 @@ func TestLargeChange(t *testing.T) {
 // completes with a later id than B's would hide the case.
 func TestSeqOrderIsNotXidOrder(t *testing.T) {
 	t.Parallel()
-	server := startPrivatePG(t)
-	dsn := server.cluster.DSN("postgres")
-	db, err := sql.Open("postgres", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	_, f := newPrivateFixture(t, 2)
+	db, ns, js, products := f.pg.DB, f.ns, f.js, f.products
+	f.startBridge(t, nil)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	if _, err := schema.Migrate(ctx, db, nil); err != nil {
-		t.Fatalf("migrate the private cluster: %v", err)
-	}
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := testenv.SeedProducts(t, db, 2)
-	b := startBridge(t, bridgeEnv(dsn, ns, nil))
-	b.waitReady(t)
 
 	for round := range 3 {
 		waitAllPublished(t, ns.URL, js, db, catchUpTimeout)
