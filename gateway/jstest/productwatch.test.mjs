@@ -5,7 +5,7 @@
 //   DATABASE_URL, NATS_URL, PW_TOKEN
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import net from "node:net";
 import WebSocket from "ws";
 import { ProductWatch } from "../web/productwatch.js";
@@ -196,6 +196,67 @@ test("resume after a gateway restart: what changed meanwhile arrives, by since a
     assert.ok(log.statuses.includes("reconnecting"));
     assert.deepEqual(log.errors, []);
   }
+  await g.stop();
+  await writer.stop();
+});
+
+// openTransaction starts psql on the test's database and runs sql inside a
+// transaction it leaves open (so its change log row has taken a seq but is
+// not committed); commit() commits it and ends psql.
+async function openTransaction(sql) {
+  const proc = spawn("psql", [env("DATABASE_URL"), "-X", "-q", "-v", "ON_ERROR_STOP=1"], { stdio: ["pipe", "pipe", "inherit"] });
+  let out = "";
+  proc.stdout.on("data", (d) => { out += d; });
+  const exited = new Promise((resolve) => proc.on("exit", resolve));
+  process.on("exit", () => proc.kill("SIGKILL"));
+  proc.stdin.write(`BEGIN;\n${sql};\n\\echo statement-done\n`);
+  await waitFor("psql to run the statement", () => {
+    if (proc.exitCode !== null) throw new Error(`psql exited with ${proc.exitCode}: ${out}`);
+    return out.includes("statement-done");
+  });
+  return {
+    async commit() {
+      proc.stdin.end("COMMIT;\n");
+      const code = await exited;
+      assert.equal(code, 0, `psql: ${out}`);
+    },
+  };
+}
+
+test("watch-all resume loses no late commit: a change with a lower seq than since, committed while away", async (t) => {
+  const port = await freePort();
+  let g = await startGateway(port);
+  const writer = await startGateway(await freePort());
+  const late = await rest(writer, "POST", "/products", product("committed late"));
+  const early = await rest(writer, "POST", "/products", product("committed early"));
+
+  const { pw, log } = client(g.ws);
+  t.after(() => pw.close());
+  pw.watchAll();
+  await waitFor("live", () => pw.state === "live");
+  await pw.loadAll();
+  assert.equal(version(pw, late.productId), 1);
+
+  // The late one takes its seq first, the early one a higher seq and
+  // commits; the client sees the early one, so its since passes the late
+  // one's seq.
+  const tx = await openTransaction(`UPDATE products SET units_available = 1 WHERE product_id = ${late.productId}`);
+  await rest(writer, "PATCH", `/products/${early.productId}`, { unitsAvailable: 2 });
+  await waitFor("the early change", () => version(pw, early.productId) === 2);
+  const since = pw.since;
+
+  await g.stop();
+  await waitFor("reconnecting", () => pw.state === "reconnecting");
+  await tx.commit(); // seq below since, committed while away
+  const lateSeq = Number(execFileSync("psql", [env("DATABASE_URL"), "-X", "-At", "-c",
+    `SELECT seq FROM product_changes WHERE product_id = ${late.productId} AND version = 2`]).toString().trim());
+  assert.ok(lateSeq > 0 && lateSeq < since, `the late change's seq ${lateSeq} is below the client's since ${since}`);
+  g = await startGateway(port);
+  await waitFor("live again", () => pw.state === "live");
+  await waitFor("the late commit after the resume", () => version(pw, late.productId) === 2);
+  assert.equal(pw.products.get(late.productId).product.unitsAvailable, 1);
+  assert.equal(version(pw, early.productId), 2);
+  assert.deepEqual(log.errors, []);
   await g.stop();
   await writer.stop();
 });

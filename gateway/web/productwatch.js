@@ -31,7 +31,12 @@
 // do not all come back at once; the attempt count resets once live. On every
 // reconnect it resumes: per-product subscriptions with the versions held
 // (the gateway sends only what moved on, deletes included), watch-all with
-// since = the highest change seq seen.
+// since = the highest change seq seen. since cannot cover a change whose
+// transaction took a lower seq and committed while the client was away
+// (seq order is not commit order), so once a watch-all resume is
+// acknowledged a client that used loadAll re-reads the list in the
+// background (newest version wins; a product no longer listed becomes a
+// DELETE): every change is then in the list or arrives live.
 export class ProductWatch extends EventTarget {
   constructor(url = defaultURL(), options = {}) {
     super();
@@ -61,6 +66,8 @@ export class ProductWatch extends EventTarget {
     this.stopped = false;
     this.everLive = false;
     this.loadedAll = false;
+    this.reloading = false; // a background loadAll (after a resume or a resync) is running
+    this.reloadAgain = false;
     this.generation = 0; // counts changes applied: tells a reload what moved on meanwhile
     this.commands = 0;
     this.timer = null;
@@ -219,6 +226,11 @@ export class ProductWatch extends EventTarget {
       if (m.all && m.command === "subscribe") {
         if (m.seq > this.since) this.since = m.seq;
         this.becomeLive();
+        // A resume by since cannot see a change whose transaction took a
+        // lower seq but committed while this client was away (seq order is
+        // not commit order). The subscription is live now, so the current
+        // list covers every such change: re-read it, newest version wins.
+        if (m.since !== undefined && this.loadedAll) this.reload();
       }
       return;
     }
@@ -233,7 +245,7 @@ export class ProductWatch extends EventTarget {
         this.since = 0;
         this.subscribeAll(true);
         this.dispatchEvent(new CustomEvent("resync", { detail: { all: true } }));
-        if (this.loadedAll) this.loadAll().catch((err) => this.dispatchEvent(new CustomEvent("servererror", { detail: { type: "error", code: "reload_failed", message: String(err) } })));
+        if (this.loadedAll) this.reload();
         return;
       }
       if (m.code === "resync" || m.code === "not_found") {
@@ -244,6 +256,26 @@ export class ProductWatch extends EventTarget {
     }
     if (m.type) return; // a message type this version does not know
     if (m.action) this.apply(m);
+  }
+
+  // reload re-reads the list (loadAll) in the background, one at a time: a
+  // reload asked for while one runs starts again once it ends, since the
+  // running one may have read pages before the reason for the new one.
+  reload() {
+    if (this.reloading) {
+      this.reloadAgain = true;
+      return;
+    }
+    this.reloading = true;
+    this.loadAll()
+      .catch((err) => this.dispatchEvent(new CustomEvent("servererror", { detail: { type: "error", code: "reload_failed", message: String(err) } })))
+      .finally(() => {
+        this.reloading = false;
+        if (this.reloadAgain && !this.stopped) {
+          this.reloadAgain = false;
+          this.reload();
+        }
+      });
   }
 
   isOpen() {
