@@ -261,6 +261,43 @@ test("watch-all resume loses no late commit: a change with a lower seq than sinc
   await writer.stop();
 });
 
+test("batch: the client opens /websocket?batch=1 and applies arrays of events one by one, every version in order", async (t) => {
+  const g = await startGateway(await freePort());
+  const p = await rest(g, "POST", "/products", product("busy"));
+  const urls = [];
+  const frames = [];
+  class SpyWebSocket extends WebSocket {
+    constructor(url) {
+      super(url);
+      urls.push(url);
+      this.addEventListener("message", (e) => frames.push(String(e.data)));
+    }
+  }
+  const { pw, log } = client(g.ws, { WebSocket: SpyWebSocket, batch: true });
+  t.after(() => pw.close());
+  pw.watch([p.productId]);
+  await waitFor("the snapshot", () => version(pw, p.productId) === 1);
+  assert.equal(new URL(urls[0]).searchParams.get("batch"), "1");
+
+  // A burst: 60 updates in flight at once.
+  await Promise.all(Array.from({ length: 60 }, (_, i) => rest(g, "PATCH", `/products/${p.productId}`, { unitsAvailable: i })));
+  await waitFor("every version", () => version(pw, p.productId) === 61);
+  const seen = log.changes.filter((c) => c.productId === p.productId).map((c) => c.version);
+  assert.deepEqual(seen, Array.from({ length: 61 }, (_, i) => i + 1), "every version, in order");
+  const arrays = frames.filter((f) => f.startsWith("["));
+  t.diagnostic(`${frames.length} messages for 61 versions, ${arrays.length} arrays`);
+
+  // An array message, as the gateway sends one, through the socket's own
+  // handler: each event applied in order.
+  const last = pw.products.get(p.productId);
+  const ev = (v) => ({ seq: 1000 + v, action: "UPDATE", productId: p.productId, version: v, changedAt: new Date().toISOString(), product: { ...last.product, version: v } });
+  pw.ws.onmessage({ data: JSON.stringify([ev(62), ev(63), ev(62)]) });
+  assert.equal(version(pw, p.productId), 63);
+  assert.deepEqual(log.changes.slice(-2).map((c) => c.version), [62, 63], "applied one by one; the stale one dropped");
+  assert.deepEqual(log.errors, []);
+  await g.stop();
+});
+
 test("reconnect: bounded exponential backoff with jitter, reset once live", async (t) => {
   // The delay function itself: under min(maxDelay, minDelay * 2^n), and random.
   const probe = new ProductWatch("ws://127.0.0.1:9/websocket", { WebSocket: class { constructor() { this.readyState = 0; } close() {} }, minDelay: 100, maxDelay: 1000 });

@@ -102,6 +102,13 @@ export interface ProductWatchOptions {
   restURL?: string;
   /** Products per REST page in loadAll (default 500; the API allows 1–1000). */
   pageSize?: number;
+  /**
+   * Batched framing (default false): open /websocket?batch=1, so that the
+   * events waiting together at the gateway come as one JSON array message
+   * (fewer messages for a busy client). Events are applied and dispatched
+   * one by one either way.
+   */
+  batch?: boolean;
 }
 
 /**

@@ -26,6 +26,12 @@
 //                forgotten: reload them).
 //   reconnect    a reconnect is scheduled: {attempt, delay, code, reason}.
 //
+// Options: minDelay, maxDelay (reconnect backoff, ms), WebSocket and fetch
+// (implementations, for Node), restURL, pageSize (loadAll's pages), batch
+// (true: open /websocket?batch=1, so that events waiting together come as
+// one JSON array message — fewer messages for a busy client; events are
+// applied one by one either way).
+//
 // Reconnects: exponential backoff with full jitter — attempt n waits a
 // random delay in [0, min(maxDelay, minDelay * 2^n)) — so a gateway's clients
 // do not all come back at once; the attempt count resets once live. On every
@@ -47,8 +53,10 @@ export class ProductWatch extends EventTarget {
       fetch: fetchImpl = globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined,
       restURL = restBase(url),
       pageSize = 500,
+      batch = false,
     } = options;
     this.url = url;
+    this.batch = batch;
     this.restURL = restURL;
     this.minDelay = minDelay;
     this.maxDelay = maxDelay;
@@ -172,7 +180,7 @@ export class ProductWatch extends EventTarget {
   connect() {
     if (this.stopped) return;
     this.setState(this.everLive ? "reconnecting" : "connecting");
-    const ws = new this.WebSocket(this.url);
+    const ws = new this.WebSocket(this.batch ? withBatch(this.url) : this.url);
     this.ws = ws;
     ws.onopen = () => {
       if (this.watched.size) {
@@ -194,7 +202,8 @@ export class ProductWatch extends EventTarget {
       } catch {
         return; // the gateway only sends JSON
       }
-      this.receive(m);
+      if (Array.isArray(m)) m.forEach((event) => this.receive(event)); // a batch (options.batch)
+      else this.receive(m);
     };
     ws.onerror = () => {}; // onclose follows with the code
     ws.onclose = (e) => {
@@ -292,6 +301,14 @@ export class ProductWatch extends EventTarget {
     this.state = state;
     this.dispatchEvent(new CustomEvent("status", { detail: state }));
   }
+}
+
+// withBatch adds batch=1 to a /websocket URL: the gateway then sends the
+// events that wait together as one JSON array message.
+function withBatch(url) {
+  const u = new URL(url, typeof location === "undefined" ? undefined : location.href);
+  u.searchParams.set("batch", "1");
+  return u.href;
 }
 
 function defaultURL() {
