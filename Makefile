@@ -16,6 +16,12 @@ BENCH_FLAGS  ?=
 export GOFLAGS := -buildvcs=false
 
 .PHONY: all build run migrate test test-short lint fmt fuzz bench bench-go clean tools nats-cli
+.PHONY: cluster cluster-down cluster-scale cluster-status cluster-cookbook cluster-tools test-chaos
+
+# make cluster-scale GATEWAYS=n
+GATEWAYS     ?=
+NATS_SERVER  := $(BIN)/nats-server
+CLUSTER      := $(BIN)/cluster
 
 all: lint test
 
@@ -24,6 +30,7 @@ build:
 	$(GO) build -o $(BIN)/bridge ./bridge
 	$(GO) build -o $(BIN)/gateway ./gateway
 	$(GO) build -o $(BIN)/devrun ./deploy/devrun
+	$(GO) build -o $(CLUSTER) ./deploy/cluster
 
 ## run: the whole system on this machine (PostgreSQL found or started, NATS embedded in the bridge);
 ## installs the pinned nats CLI into bin/ first when it is missing, for the banner's nats line
@@ -98,6 +105,47 @@ bench: build
 ## bench-go: the Go micro-benchmarks (BenchmarkPgbenchUpdate runs pgbench beside the PUT path)
 bench-go: tools
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
+
+## cluster-tools: nats-server at go.mod's version into bin/, and Debian's haproxy when missing
+cluster-tools:
+	@want=$$($(GO) list -m -f '{{.Version}}' github.com/nats-io/nats-server/v2); \
+	if [ "$$($(NATS_SERVER) --version 2>/dev/null)" != "nats-server: $$want" ]; then \
+		echo "GOBIN=$(BIN) $(GO) install github.com/nats-io/nats-server/v2@$$want"; \
+		GOBIN=$(BIN) $(GO) install github.com/nats-io/nats-server/v2@$$want; \
+	fi
+	@if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then \
+		echo "apt-get install haproxy"; \
+		apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq haproxy; \
+	fi
+
+## cluster: the multi-replica topology as processes on this machine: 3 NATS nodes, 2 bridges,
+## 3 gateways behind haproxy on https://127.0.0.1:9443 (deploy/cluster/README.md)
+cluster: build cluster-tools
+	$(CLUSTER) up
+
+## cluster-down: stop everything make cluster started (by PID, from any shell)
+cluster-down:
+	$(GO) build -o $(CLUSTER) ./deploy/cluster
+	$(CLUSTER) down
+
+## cluster-scale: GATEWAYS=n gateways behind haproxy (drains the ones it stops)
+cluster-scale:
+	$(GO) build -o $(CLUSTER) ./deploy/cluster
+	$(CLUSTER) scale $(if $(GATEWAYS),-gateways $(GATEWAYS))
+
+cluster-status:
+	$(GO) build -o $(CLUSTER) ./deploy/cluster
+	$(CLUSTER) status
+
+## cluster-cookbook: run the nats CLI cookbook's commands against the running make cluster
+cluster-cookbook: tools
+	$(GO) build -o $(CLUSTER) ./deploy/cluster
+	$(CLUSTER) cookbook
+
+## test-chaos: kill and restart parts of a real cluster under load; each test starts its own
+test-chaos: build cluster-tools tools
+	$(GO) test -tags chaos -count=1 -timeout 25m -v -run 'Chaos|Cookbook' ./deploy/cluster/
 
 clean:
 	rm -rf $(BIN)

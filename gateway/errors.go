@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"github.com/lib/pq"
 
@@ -89,12 +88,25 @@ func classify(ctx context.Context, err error) (*apiError, bool) {
 		errors.As(err, &pqErr) && (pqErr.Code == "57014" || pqErr.Code == "55P03"): // statement_timeout, lock_timeout
 		return &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable,
 			Message: "the database did not answer in time; retry later"}, true
-	case errors.As(err, &pqErr) && (strings.HasPrefix(string(pqErr.Code), "08") || strings.HasPrefix(string(pqErr.Code), "57")),
+	// Connection trouble (08), operator intervention such as a shutting-down
+	// server (57), insufficient resources such as too many connections (53),
+	// and serialization failures or deadlocks (40) pass: retry later.
+	case errors.As(err, &pqErr) && retryableClass(pqErr.Code.Class()),
 		errors.Is(err, driver.ErrBadConn), errors.As(err, &netErr):
 		return &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable, Message: "the database is unavailable; retry later"}, true
 	default:
 		return &apiError{Status: http.StatusInternalServerError, Code: codeInternal, Message: "internal error"}, true
 	}
+}
+
+// retryableClass reports whether a PostgreSQL error of this SQLSTATE class
+// says the database cannot serve now rather than that the request is wrong.
+func retryableClass(c pq.ErrorClass) bool {
+	switch c {
+	case "08", "57", "53", "40":
+		return true
+	}
+	return false
 }
 
 func formatBytes(n int64) string {

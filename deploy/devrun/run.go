@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"database/sql"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,8 +20,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"github.com/lib/pq"
 
 	"github.com/productwatch/productwatch/pkg/broker"
 	"github.com/productwatch/productwatch/pkg/pgserver"
@@ -135,7 +132,7 @@ func run(ctx context.Context, opts options, logger *slog.Logger) error {
 	if err := waitReady(ctx, exited, gatewayURL+"/readyz"); err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
-	printBanner(os.Stdout, gatewayURL, token, natsURL, metricsAddr, cli)
+	printBanner(os.Stdout, gatewayURL, token, natsURL, metricsAddr, gatewayMetrics, cli)
 
 	select {
 	case <-ctx.Done():
@@ -159,7 +156,7 @@ func resolveDatabase(ctx context.Context, stateDir string, logger *slog.Logger) 
 	if err != nil {
 		return "", nil, err
 	}
-	if err := createDatabase(ctx, adminDSN, databaseName); err != nil {
+	if err := pgserver.CreateDatabase(ctx, adminDSN, databaseName); err != nil {
 		if cluster != nil {
 			_ = cluster.Stop(context.WithoutCancel(ctx))
 		}
@@ -182,31 +179,6 @@ func redactDSN(dsn string) string {
 		return "(not shown)"
 	}
 	return u.Redacted()
-}
-
-// createDatabase creates name on the server of adminDSN unless it exists.
-func createDatabase(ctx context.Context, adminDSN, name string) error {
-	db, err := sql.Open("postgres", adminDSN)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	var exists bool
-	if err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
-		return fmt.Errorf("look for database %s: %w", name, err)
-	}
-	if exists {
-		return nil
-	}
-	_, err = db.ExecContext(ctx, "CREATE DATABASE "+pq.QuoteIdentifier(name))
-	var pqErr *pq.Error
-	if errors.As(err, &pqErr) && pqErr.Code == "42P04" { // created meanwhile
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("create database %s: %w", name, err)
-	}
-	return nil
 }
 
 // apiToken returns API_TOKEN, or the token kept in stateDir/api-token,
@@ -331,7 +303,7 @@ func waitReady(ctx context.Context, exited <-chan error, url string) error {
 	}
 }
 
-func printBanner(w io.Writer, gatewayURL, token, natsURL, metricsAddr string, cli natsCLI) {
+func printBanner(w io.Writer, gatewayURL, token, natsURL, metricsAddr, gatewayMetrics string, cli natsCLI) {
 	body := `{"manufacturer":"Apple","productName":"MacBook Pro","pricePerUnit":"500EUR","unitsAvailable":6}`
 	fmt.Fprintf(w, `
 productwatch is running. Ctrl-C stops it.
@@ -339,7 +311,7 @@ productwatch is running. Ctrl-C stops it.
   gateway     %[1]s   (self-signed development certificate: curl -k; the browser will warn once)
   API token   %[2]s
   NATS        %[3]s
-  bridge      http://%[4]s/metrics
+  metrics     bridge http://%[4]s/metrics, gateway http://%[9]s/metrics (and /readyz with details)
 
 Create a product, then list them:
 
@@ -352,5 +324,5 @@ Watch the changes arrive in JetStream (%[6]s):
   %[7]s stream info PRODUCTS
 %[8]s
 productwatch is ready.
-`, gatewayURL, token, natsURL, metricsAddr, body, cli.note, cli.command, cli.missing)
+`, gatewayURL, token, natsURL, metricsAddr, body, cli.note, cli.command, cli.missing, gatewayMetrics)
 }

@@ -106,6 +106,23 @@ func TestStartPrivate(t *testing.T) {
 	if _, err := db.ExecContext(ctx, `CREATE TABLE survives_restart (n int); INSERT INTO survives_restart VALUES (42)`); err != nil {
 		t.Fatalf("create table: %v", err)
 	}
+	// CreateDatabase: two callers at once and a third later all succeed,
+	// and the database is there.
+	created := make(chan error, 2)
+	for range 2 {
+		go func() { created <- CreateDatabase(ctx, first.DSN("postgres"), "made by create") }()
+	}
+	for range 2 {
+		if err := <-created; err != nil {
+			t.Errorf("CreateDatabase: %v", err)
+		}
+	}
+	if err := CreateDatabase(ctx, first.DSN("postgres"), "made by create"); err != nil {
+		t.Errorf("CreateDatabase of an existing database: %v", err)
+	}
+	if err := Reachable(ctx, first.DSN("made by create")); err != nil {
+		t.Errorf("the created database: %v", err)
+	}
 	db.Close()
 
 	second, err := StartPrivate(ctx, opts)
