@@ -227,11 +227,12 @@ func (c *client) unreadable(msg []byte) {
 // splitEvents calls each with every element of a JSON array of objects,
 // without decoding them (the strings inside may hold any bytes, escaped
 // quotes included). It reports false, having called each for the elements
-// before, when msg is not such an array.
+// before, when msg is not such an array (or nests deeper than 64).
 func splitEvents(msg []byte, each func(event []byte)) bool {
 	if len(msg) < 2 || msg[0] != '[' {
 		return false
 	}
+	var closers [64]byte // what closes each open object or array
 	depth, start, inString, escaped := 0, -1, false, false
 	for i := 1; i < len(msg); i++ {
 		b := msg[i]
@@ -246,6 +247,9 @@ func splitEvents(msg []byte, each func(event []byte)) bool {
 				inString = false
 			}
 		case b == '"':
+			if depth == 0 {
+				return false
+			}
 			inString = true
 		case b == '{' || b == '[':
 			if depth == 0 {
@@ -254,10 +258,17 @@ func splitEvents(msg []byte, each func(event []byte)) bool {
 				}
 				start = i
 			}
+			if depth == len(closers) {
+				return false
+			}
+			closers[depth] = b + 2 // '{'+2 is '}', '['+2 is ']'
 			depth++
 		case b == '}' || b == ']':
 			if depth == 0 {
 				return b == ']' && i == len(msg)-1 && start >= 0
+			}
+			if closers[depth-1] != b {
+				return false
 			}
 			depth--
 			if depth == 0 {

@@ -49,6 +49,8 @@ func TestSplitEvents(t *testing.T) {
 		{"not objects", `[1,2]`, nil, false},
 		{"trailing bytes", `[{"a":1}]x`, []string{`{"a":1}`}, false},
 		{"nested array", `[[{"a":1}]]`, nil, false},
+		{"mismatched", `[{]`, nil, false},
+		{"string outside", `["a"]`, nil, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var got []string
@@ -270,6 +272,42 @@ func FuzzParseEvent(f *testing.F) {
 		}
 		if fr.Version < 0 || fr.ProductID < 0 {
 			t.Fatalf("parseEvent(%q) = %+v: negative", msg, fr)
+		}
+	})
+}
+
+// FuzzSplitEvents: whatever the gateway sends, splitting a batch never
+// panics, every element is a balanced {…} taken from the message in order,
+// and a well-formed array of the elements found gives them back.
+func FuzzSplitEvents(f *testing.F) {
+	for _, seed := range []string{
+		`[{"productId":1,"version":2},{"productId":1,"version":3}]`,
+		`[{"p":{"n":"a}],[{\"x"},"v":1}, {"p":"\\"}]`,
+		`[{"a":1}`, `[[{"a":1}]]`, `[1]`, `[]`, `[`, `[{"a":"\`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		var got [][]byte
+		ok := splitEvents(msg, func(ev []byte) { got = append(got, ev) })
+		at := 0
+		for _, ev := range got {
+			if len(ev) < 2 || ev[0] != '{' || ev[len(ev)-1] != '}' {
+				t.Fatalf("splitEvents(%q) gave %q, not an object", msg, ev)
+			}
+			i := bytes.Index(msg[at:], ev)
+			if i < 0 {
+				t.Fatalf("splitEvents(%q) gave %q, not in order", msg, ev)
+			}
+			at += i + len(ev)
+		}
+		if ok {
+			rebuilt := append([]byte{'['}, bytes.Join(got, []byte{','})...)
+			rebuilt = append(rebuilt, ']')
+			var again [][]byte
+			if !splitEvents(rebuilt, func(ev []byte) { again = append(again, ev) }) || len(again) != len(got) {
+				t.Fatalf("splitEvents(%q) accepted %d elements, but not their clean array %q", msg, len(got), rebuilt)
+			}
 		}
 	})
 }
