@@ -1,12 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"net/http"
@@ -300,7 +300,7 @@ func benchWritePath(b *testing.B, pgbench, script string, v benchWriteVariant) f
 	b.ReportMetric(benchMS(worst), "max_ms")
 	metrics := br.scrape()
 	wall := ended.Sub(start).Seconds()
-	reads := benchMetricSum(metrics, "productwatch_bridge_polls_total") - benchMetricSum(metricsBefore, "productwatch_bridge_polls_total")
+	reads := sumMetric(metrics, "productwatch_bridge_polls_total") - sumMetric(metricsBefore, "productwatch_bridge_polls_total")
 	b.ReportMetric(reads/wall, "reads/s")
 	b.ReportMetric(100*cpuDuring.process.Seconds()/wall, "proc_cpu_%")
 	b.ReportMetric(100*cpuDuring.backends.Seconds()/wall, "pg_bridge_cpu_%")
@@ -561,24 +561,6 @@ func procCPU(pid int) (time.Duration, bool) {
 	return time.Duration(utime+stime) * 10 * time.Millisecond, true
 }
 
-// benchMetricSum returns the sum of a metric's samples over its labels.
-func benchMetricSum(page, name string) float64 {
-	sum := 0.0
-	for line := range strings.Lines(page) {
-		rest, ok := strings.CutPrefix(line, name)
-		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
-			continue
-		}
-		if i := strings.LastIndexByte(rest, '}'); rest[0] == '{' && i >= 0 {
-			rest = rest[i+1:]
-		}
-		if v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64); err == nil {
-			sum += v
-		}
-	}
-	return sum
-}
-
 // streamLastSeq returns the stream's last sequence number: how many messages
 // it stored (duplicates get none), including those it no longer keeps.
 func (br *benchBridge) streamLastSeq(ctx context.Context) (uint64, error) {
@@ -614,13 +596,9 @@ func (br *benchBridge) lastMsgID(b *testing.B) string {
 // reports whether it held.
 func (br *benchBridge) waitFor(b *testing.B, what string, cond func() bool) bool {
 	b.Helper()
-	deadline := time.Now().Add(benchCatchUpTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			b.Logf("no %s after %v", what, benchCatchUpTimeout)
-			return false
-		}
-		time.Sleep(5 * time.Millisecond) // polling a condition with a deadline
+	if !testenv.Poll(b, benchCatchUpTimeout, cond) {
+		b.Logf("no %s after %v", what, benchCatchUpTimeout)
+		return false
 	}
 	return true
 }
@@ -644,50 +622,41 @@ func benchScrape(addr string) string {
 		return ""
 	}
 	defer resp.Body.Close()
-	var sb strings.Builder
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if line := sc.Text(); !strings.HasPrefix(line, "#") {
-			sb.WriteString(line)
-			sb.WriteByte('\n')
-		}
+	page, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return ""
 	}
-	return sb.String()
+	return string(page)
 }
 
-// benchScrapeMetric returns the value of an unlabelled metric, NaN when
-// absent.
+// benchScrapeMetric returns the value of a metric (summed over its labels),
+// NaN when absent.
 func benchScrapeMetric(addr, name string) float64 {
-	return benchMetricValue(benchScrape(addr), name)
-}
-
-func benchMetricValue(page, series string) float64 {
-	for line := range strings.Lines(page) {
-		if rest, ok := strings.CutPrefix(line, series+" "); ok {
-			if v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64); err == nil {
-				return v
-			}
-		}
-	}
-	return math.NaN()
+	return sumMetric(benchScrape(addr), name)
 }
 
 // benchHistogramQuantileBound returns the upper bound of the first bucket of
 // histogram name holding at least q of the observations made between two
 // scrapes of it (+Inf if none).
 func benchHistogramQuantileBound(before, after, name string, q float64) float64 {
-	total := benchMetricValue(after, name+"_count") - benchMetricValue(before, name+"_count")
-	bucket := regexp.MustCompile(`^` + regexp.QuoteMeta(name) + `_bucket\{le="([^"]+)"\} (\S+)$`)
-	for line := range strings.Lines(after) {
-		m := bucket.FindStringSubmatch(strings.TrimSpace(line))
-		if m == nil {
-			continue
+	parse := func(page string) (map[float64]uint64, uint64) {
+		m, err := testenv.ParseMetrics(page)
+		if err != nil {
+			return nil, 0
 		}
-		le, err1 := strconv.ParseFloat(m[1], 64)
-		n, err2 := strconv.ParseFloat(m[2], 64)
-		n -= benchMetricValue(before, fmt.Sprintf("%s_bucket{le=%q}", name, m[1]))
-		if err1 == nil && err2 == nil && n >= q*total {
-			return le // buckets are listed in increasing order
+		return m.Histogram(name)
+	}
+	was, wasCount := parse(before)
+	now, nowCount := parse(after)
+	total := float64(nowCount - wasCount)
+	bounds := make([]float64, 0, len(now))
+	for le := range now {
+		bounds = append(bounds, le)
+	}
+	slices.Sort(bounds)
+	for _, le := range bounds {
+		if float64(now[le]-was[le]) >= q*total {
+			return le
 		}
 	}
 	return math.Inf(1)

@@ -35,7 +35,7 @@ func TestForeignMessages(t *testing.T) {
 		t.Skip("NATS_URL names a shared server, whose PRODUCTS stream other tests' bridges may use")
 	}
 	_, js := connectJS(t, ns.URL) // as the harness: allowed to publish anything
-	products := seedProducts(t, pg.DB, 40)
+	products := testenv.SeedProducts(t, pg.DB, 40)
 	env := bridgeEnv(pg.DSN, ns, nil)
 	b := startBridge(t, env)
 	b.waitReady(t)
@@ -135,7 +135,7 @@ func TestForeignMessages(t *testing.T) {
 	}
 	for _, f := range foreign {
 		line := fmt.Sprintf("subject=%s", change.Subject(f.product))
-		if !strings.Contains(b.out.String(), "not published by the bridge") || !strings.Contains(b.out.String(), line) {
+		if !strings.Contains(b.proc.Output(), "not published by the bridge") || !strings.Contains(b.proc.Output(), line) {
 			t.Errorf("the bridge's log does not report the foreign message on %s", change.Subject(f.product))
 		}
 	}
@@ -156,12 +156,12 @@ func TestNotReadyWhileStuck(t *testing.T) {
 	if ns.Server == nil {
 		t.Skip("NATS_URL names a shared server, whose users testenv does not make")
 	}
-	seedProducts(t, pg.DB, 3)
+	testenv.SeedProducts(t, pg.DB, 3)
 	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
 		"NATS_USER": ns.Gateway.User, "NATS_PASSWORD": ns.Gateway.Password, "PUBLISH_TIMEOUT": "1s",
 	}))
 	sawReady := false
-	waitFor(t, 45*time.Second, "/readyz to report the stuck publishing", func() (bool, string) {
+	testenv.WaitFor(t, 45*time.Second, "/readyz to report the stuck publishing", func() (bool, string) {
 		if b.hasExited() {
 			t.Fatalf("%s exited: %s", b.name, b.describeExit())
 		}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/productwatch/productwatch/pkg/sleep"
 )
 
 // leaderLockKey is the PostgreSQL advisory lock the leading bridge holds
@@ -38,7 +40,7 @@ func (l leadership) run(ctx context.Context, lead func(ctx context.Context) erro
 				l.logger.Info("another bridge leads; standing by", "retry_every", l.retry)
 				waiting = true
 			}
-			sleep(ctx, l.retry)
+			sleep.For(ctx, l.retry)
 			continue
 		}
 		waiting = false
@@ -46,7 +48,7 @@ func (l leadership) run(ctx context.Context, lead func(ctx context.Context) erro
 		err = l.holdWhile(ctx, conn, lead)
 		if ctx.Err() == nil {
 			l.logger.Warn("stopped leading", "err", err)
-			sleep(ctx, l.retry)
+			sleep.For(ctx, l.retry)
 		}
 	}
 }
@@ -78,7 +80,7 @@ func (l leadership) holdWhile(ctx context.Context, conn *sql.Conn, lead func(con
 	watched := make(chan struct{})
 	go func() {
 		defer close(watched)
-		for sleep(leadCtx, l.retry) {
+		for sleep.For(leadCtx, l.retry) {
 			pingCtx, stop := context.WithTimeout(leadCtx, l.retry+time.Second)
 			err := conn.PingContext(pingCtx)
 			stop()

@@ -37,9 +37,18 @@ func listen(ctx context.Context, cfg listenerConfig, wake chan<- string, logger 
 			logger.Warn("LISTEN connection attempt failed", "err", err)
 		}
 	})
-	defer l.Close()
+	// Listen blocks until lib/pq is connected; closing the listener ends
+	// it, and listen waits for it before returning.
 	listening := make(chan error, 1)
-	go func() { listening <- l.Listen(change.Channel) }() // blocks until connected
+	listened := make(chan struct{})
+	go func() {
+		defer close(listened)
+		listening <- l.Listen(change.Channel)
+	}()
+	defer func() {
+		_ = l.Close()
+		<-listened
+	}()
 
 	signal := func(reason string) {
 		select {

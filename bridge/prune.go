@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/productwatch/productwatch/pkg/sleep"
 )
 
 // pruner deletes published changes older than the retention window, in small
@@ -21,7 +23,7 @@ type pruner struct {
 
 // run prunes every interval until ctx ends.
 func (p pruner) run(ctx context.Context) {
-	for sleep(ctx, p.interval) {
+	for sleep.For(ctx, p.interval) {
 		n, err := p.prune(ctx)
 		if err != nil && ctx.Err() == nil {
 			p.logger.Warn("pruning the change log failed", "err", err)

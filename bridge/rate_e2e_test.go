@@ -2,11 +2,8 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"testing"
 	"time"
-
-	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
 // TestWakeupModeByRate: the wake-up mode follows the rate of changes. A
@@ -18,10 +15,8 @@ import (
 // with the safety poll an hour.
 func TestWakeupModeByRate(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 20)
+	f := newFixture(t, 20)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
 	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
 		"WAKEUP_MAX_RATE":      "150",
 		"WAKEUP_RESUME_RATE":   "100",
@@ -36,15 +31,7 @@ func TestWakeupModeByRate(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	conns := make([]*sql.Conn, 4)
-	for i := range conns {
-		c, err := pg.DB.Conn(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		conns[i] = c
-	}
+	conns := sessions(t, ctx, pg.DB, 4)
 
 	// The trickle: 40 changes a second, one every 25 ms, for 2 s. (A
 	// ticker drops the ticks a slow update misses, so the rate never
@@ -107,10 +94,8 @@ const (
 // bridge switch NOTIFY off; when they stop, it asks for wake-ups again.
 func TestWakeupEndsWhenWritersQueueOnNotify(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 50)
+	f := newFixture(t, 50)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
 	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
 		"WAKEUP_MAX_RATE":      "1000000000",
 		"WAKEUP_RESUME_RATE":   "0",
@@ -122,15 +107,7 @@ func TestWakeupEndsWhenWritersQueueOnNotify(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	conns := make([]*sql.Conn, 8)
-	for i := range conns {
-		c, err := pg.DB.Conn(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		conns[i] = c
-	}
+	conns := sessions(t, ctx, pg.DB, 8)
 	began := time.Now()
 	written := 0
 	for wakeupFlag(t, pg.DB) != 1 {

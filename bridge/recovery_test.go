@@ -53,12 +53,9 @@ var noSafetyPoll = map[string]string{"SAFETY_POLL_INTERVAL": "1h"}
 // event.
 func TestPublishesEveryChange(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 200)
-	b := startBridge(t, bridgeEnv(pg.DSN, ns, nil))
-	b.waitReady(t)
+	f := newFixture(t, 200)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
+	b := f.startBridge(t, nil)
 
 	w := startWriters(t, pg.DB, writeLoad{Writers: 32, Total: 10_000, Products: products, Timeout: 2 * time.Minute})
 	w.Wait(t)
@@ -79,12 +76,9 @@ func TestPublishesEveryChange(t *testing.T) {
 // the stream keeps each change once.
 func TestBridgeKilled(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 100)
-	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{"STREAM_DUPLICATE_WINDOW": "1s"}))
-	b.waitReady(t)
+	f := newFixture(t, 100)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
+	b := f.startBridge(t, map[string]string{"STREAM_DUPLICATE_WINDOW": "1s"})
 
 	w := startWriters(t, pg.DB, writeLoad{Writers: 16, Total: 100_000, Products: products, Timeout: 2 * time.Minute})
 	w.waitCommitted(t, 1000)
@@ -140,22 +134,19 @@ func streamMsgs(t testing.TB, js jetstream.JetStream) uint64 {
 // reaches the stream after recovery, each change once.
 func TestNATSRestarted(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	if ns.Server == nil {
+	f := newFixture(t, 100)
+	if f.ns.Server == nil {
 		t.Skip("NATS_URL is an external server, which the test cannot restart")
 	}
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 100)
-	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{"PUBLISH_TIMEOUT": "1s"}))
-	b.waitReady(t)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
+	b := f.startBridge(t, map[string]string{"PUBLISH_TIMEOUT": "1s"})
 
 	w := startWriters(t, pg.DB, writeLoad{Writers: 8, Total: 100_000, Products: products, Timeout: 2 * time.Minute})
 	w.waitCommitted(t, 1000)
 	waitStreamCount(t, js, 500, catchUpTimeout)
 	ns.RestartWith(t, func() {
 		began, committed := time.Now(), w.Committed()
-		noticed := pollUntil(10*time.Second, func() bool { return !b.ready() })
+		noticed := testenv.Poll(t, 10*time.Second, func() bool { return !b.ready() })
 		if !noticed {
 			t.Errorf("%s: /readyz still answers 200 10s into the NATS outage", b.name)
 		}
@@ -171,18 +162,6 @@ func TestNATSRestarted(t *testing.T) {
 	w.waitCommitted(t, w.Committed()+500)
 	w.stop(t)
 	waitAllPublished(t, ns.URL, js, pg.DB, catchUpTimeout)
-}
-
-// pollUntil polls cond until it is true (true) or timeout passes (false).
-func pollUntil(timeout time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(pollEvery)
-	}
-	return true
 }
 
 // listenBackends returns the pids of the sessions on db's database whose
@@ -217,7 +196,7 @@ func listenBackends(t testing.TB, db *sql.DB) []int64 {
 func killListener(t testing.TB, db *sql.DB, previous int64) int64 {
 	t.Helper()
 	var pid int64
-	waitFor(t, 10*time.Second, "a LISTEN backend", func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, "a LISTEN backend", func() (bool, string) {
 		pids := listenBackends(t, db)
 		pids = slices.DeleteFunc(pids, func(p int64) bool { return p == previous })
 		if len(pids) != 1 {
@@ -238,7 +217,7 @@ func killListener(t testing.TB, db *sql.DB, previous int64) int64 {
 // metric) and the flag says so to writers.
 func waitIdle(t testing.TB, b *bridgeProc, db *sql.DB) {
 	t.Helper()
-	waitFor(t, 10*time.Second, b.name+" idle, asking for wake-ups", func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, b.name+" idle, asking for wake-ups", func() (bool, string) {
 		metric, flag := b.metric(metricWakeupWanted), wakeupFlag(t, db)
 		return metric == 1 && flag == 2, fmt.Sprintf("%s = %v, product_change_wakeup = %d", metricWakeupWanted, metric, flag)
 	})
@@ -269,12 +248,9 @@ func updateProduct(t testing.TB, db *sql.DB, id int64) {
 // catch up from the change log by itself.
 func TestListenerKilled(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 50)
-	b := startBridge(t, bridgeEnv(pg.DSN, ns, noSafetyPoll))
-	b.waitReady(t)
+	f := newFixture(t, 50)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
+	b := f.startBridge(t, noSafetyPoll)
 	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
 
 	// Idle.
@@ -283,7 +259,7 @@ func TestListenerKilled(t *testing.T) {
 	updateProduct(t, pg.DB, products[0]) // while the listener is gone
 	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
 	waitIdle(t, b, pg.DB)
-	waitFor(t, 10*time.Second, "a new LISTEN backend", func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, "a new LISTEN backend", func() (bool, string) {
 		pids := listenBackends(t, pg.DB)
 		return len(pids) == 1 && pids[0] != pid, fmt.Sprintf("LISTEN backends %v", pids)
 	})
@@ -322,7 +298,7 @@ func TestPostgresRestarted(t *testing.T) {
 	}
 	ns := natsForBridge(t)
 	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, db, 100)
+	products := testenv.SeedProducts(t, db, 100)
 	b := startBridge(t, bridgeEnv(dsn, ns, nil))
 	b.waitReady(t)
 
@@ -335,7 +311,7 @@ func TestPostgresRestarted(t *testing.T) {
 	began := time.Now()
 	noticed := false
 	server.restartWith(t, func() {
-		noticed = pollUntil(10*time.Second, func() bool { return !b.ready() })
+		noticed = testenv.Poll(t, 10*time.Second, func() bool { return !b.ready() })
 		if !noticed {
 			t.Errorf("%s: /readyz still answers 200 10s after PostgreSQL stopped", b.name)
 		}
@@ -431,13 +407,10 @@ func (p *privatePG) restartWith(t testing.TB, whileDown func()) {
 // have moved past the open seq.
 func TestLongTransaction(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 52)
+	f := newFixture(t, 52)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
 	held, products := products[:2], products[2:] // the open transactions' rows
-	b := startBridge(t, bridgeEnv(pg.DSN, ns, noSafetyPoll))
-	b.waitReady(t)
+	b := f.startBridge(t, noSafetyPoll)
 
 	const later = 1500
 	for round, id := range held {
@@ -495,10 +468,8 @@ func openChange(t testing.TB, db *sql.DB, id int64) (*sql.Tx, int64) {
 // lost or duplicated, and the killed one, restarted, stands by.
 func TestTwoBridges(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 100)
+	f := newFixture(t, 100)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
 	env := bridgeEnv(pg.DSN, ns, nil)
 	bridges := []*bridgeProc{startBridge(t, env), startBridge(t, env)}
 	for _, b := range bridges {
@@ -513,14 +484,14 @@ func TestTwoBridges(t *testing.T) {
 		if l, s := leader.metric(metricLeader), standby.metric(metricLeader); l != 1 || s != 0 {
 			t.Fatalf("under load: %s leader = %v, %s leader = %v; want 1 and 0", leader.name, l, standby.name, s)
 		}
-		time.Sleep(pollEvery)
+		time.Sleep(testenv.PollInterval)
 	}
 	if p := standby.metric(metricPublished); p != 0 {
 		t.Errorf("standby %s: %s = %v, want 0", standby.name, metricPublished, p)
 	}
 
 	killMidBurst(t, w, leader)
-	took := waitFor(t, 5*time.Second, standby.name+" taking the lead", func() (bool, string) {
+	took := testenv.WaitFor(t, 5*time.Second, standby.name+" taking the lead", func() (bool, string) {
 		v := standby.metric(metricLeader)
 		return v == 1, fmt.Sprintf("%s = %v", metricLeader, v)
 	})
@@ -542,7 +513,7 @@ func TestTwoBridges(t *testing.T) {
 // other standing by, and returns them in that order.
 func leaderOf(t testing.TB, bridges []*bridgeProc) (leader, standby *bridgeProc) {
 	t.Helper()
-	waitFor(t, 10*time.Second, "one leader and one standby", func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, "one leader and one standby", func() (bool, string) {
 		a, b := bridges[0].metric(metricLeader), bridges[1].metric(metricLeader)
 		switch {
 		case a == 1 && b == 0:
@@ -563,12 +534,9 @@ func leaderOf(t testing.TB, bridges []*bridgeProc) (leader, standby *bridgeProc)
 // safety poll is an hour) and under load.
 func TestLargeChange(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 20)
-	b := startBridge(t, bridgeEnv(pg.DSN, ns, noSafetyPoll))
-	b.waitReady(t)
+	f := newFixture(t, 20)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
+	b := f.startBridge(t, noSafetyPoll)
 	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
 	waitIdle(t, b, pg.DB)
 
@@ -629,7 +597,7 @@ func TestSeqOrderIsNotXidOrder(t *testing.T) {
 	}
 	ns := natsForBridge(t)
 	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, db, 2)
+	products := testenv.SeedProducts(t, db, 2)
 	b := startBridge(t, bridgeEnv(dsn, ns, nil))
 	b.waitReady(t)
 
@@ -671,7 +639,7 @@ func TestSeqOrderIsNotXidOrder(t *testing.T) {
 // of the change log.
 func waitCursor(t testing.TB, db *sql.DB) {
 	t.Helper()
-	waitFor(t, catchUpTimeout, "the bridge's cursor at the end of the log", func() (bool, string) {
+	testenv.WaitFor(t, catchUpTimeout, "the bridge's cursor at the end of the log", func() (bool, string) {
 		var cursor, last int64
 		if err := db.QueryRowContext(t.Context(), `SELECT (SELECT cursor_seq FROM bridge_cursor),
 			(SELECT coalesce(max(seq), 0) FROM product_changes)`).Scan(&cursor, &last); err != nil {

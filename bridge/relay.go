@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"sync/atomic"
 	"time"
+
+	"github.com/productwatch/productwatch/pkg/sleep"
 )
 
 // The relay's modes. Which one it is in is decided by the rate of changes
@@ -113,7 +115,7 @@ func (r *relay) run(ctx context.Context) error {
 			}
 			r.logger.Warn("relaying changes failed; retrying", "err", err, "retry_in", backoff)
 			r.reader.close() // a fresh connection next time: this one may be dead
-			if !sleep(ctx, backoff) {
+			if !sleep.For(ctx, backoff) {
 				return ctx.Err()
 			}
 			backoff = min(backoff*2, 5*time.Second)
@@ -194,7 +196,7 @@ func (r *relay) next(ctx context.Context, n int, snap snapshot) (string, error) 
 		// continuously, and it delivers sooner.
 		return r.waitWakeup(ctx)
 	}
-	if !sleep(ctx, r.cfg.pollInterval) {
+	if !sleep.For(ctx, r.cfg.pollInterval) {
 		return "", ctx.Err()
 	}
 	return r.mode.String(), nil
@@ -401,18 +403,6 @@ func (r *relay) saveCursor(ctx context.Context, force bool) error {
 	r.savedCursor, r.savedHigh = r.cursor, max(r.savedHigh, r.highSeq)
 	r.metrics.cursor.Set(float64(r.cursor))
 	return nil
-}
-
-// sleep waits d, or less when ctx ends first; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // String names a mode in logs and metrics.

@@ -20,6 +20,7 @@ import (
 	"github.com/productwatch/productwatch/pkg/health"
 	"github.com/productwatch/productwatch/pkg/postgres"
 	"github.com/productwatch/productwatch/pkg/schema"
+	"github.com/productwatch/productwatch/pkg/sleep"
 )
 
 // Run is the whole bridge: it migrates the database, starts the embedded
@@ -251,7 +252,7 @@ func (b *bridge) sampleLag(ctx context.Context, high int64) {
 func sampleEvery(ctx context.Context, interval time.Duration, sample func()) {
 	for {
 		sample()
-		if !sleep(ctx, interval) {
+		if !sleep.For(ctx, interval) {
 			return
 		}
 	}

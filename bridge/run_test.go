@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
@@ -15,19 +17,15 @@ import (
 	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
-func TestMain(m *testing.M) {
-	code := testenv.Main(m)
-	removeBridgeBuild() // the bridge binary of the end-to-end tests (harness_test.go)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
 // TestRunEmbedded runs the bridge as `make run` does: NATS embedded and
 // locked down (the gateway's and debug's passwords given, the bridge's own
 // left to chance), the database migrated at start, probes answering, a
-// clean stop on cancel.
+// change published, a clean stop on cancel that leaves no goroutine behind.
 func TestRunEmbedded(t *testing.T) {
 	pg := testenv.Postgres(t)
-	metricsAddr, natsAddr := freeAddr(t), freeAddr(t)
+	metricsAddr, natsAddr := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	cfg, err := loadConfig(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -36,6 +34,7 @@ func TestRunEmbedded(t *testing.T) {
 	cfg.NATSEmbedListen, cfg.NATSStoreDir, cfg.MetricsAddr = natsAddr, t.TempDir(), metricsAddr
 	cfg.NATSAuth = broker.Credentials{}
 	cfg.NATSEmbedAuth = broker.EmbeddedPasswords{Gateway: "gateway-secret-0123456789", Debug: "debug-secret-0123456789"}
+	before := runtime.NumGoroutine()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, cfg, testenv.Logger(t)) }()
@@ -69,11 +68,16 @@ func TestRunEmbedded(t *testing.T) {
 			t.Errorf("check %s = %q", name, ready.Checks[name])
 		}
 	}
-	resp, err := http.Get("http://" + metricsAddr + "/metrics")
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("/metrics: %v", err)
-	}
-	resp.Body.Close()
+	// A change goes through: the listener, the relay and the publisher run.
+	testenv.SeedProducts(t, pg.DB, 1)
+	testenv.WaitFor(t, 30*time.Second, "the change published", func() (bool, string) {
+		m, err := testenv.ScrapeMetrics("http://" + metricsAddr + "/metrics")
+		if err != nil {
+			return false, err.Error()
+		}
+		n := m.Sum("productwatch_bridge_changes_published_total")
+		return n >= 1, fmt.Sprintf("published %v", n)
+	})
 
 	// Who may connect to the embedded server.
 	url := "nats://" + natsAddr
@@ -106,6 +110,7 @@ func TestRunEmbedded(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("Run did not return after cancel")
 	}
+	testenv.WaitGoroutines(t, before, 10*time.Second)
 }
 
 // TestConfigNATSAuth: the NATS credentials settings, and the combinations

@@ -347,7 +347,7 @@ func TestVerifyStreamEmpty(t *testing.T) {
 	ns := natsForBridge(t)
 	verifyStream(t, ns.URL, pg.DB)
 
-	seedProducts(t, pg.DB, 1)
+	testenv.SeedProducts(t, pg.DB, 1)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	nc, err := nats.Connect(ns.URL)

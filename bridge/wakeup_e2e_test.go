@@ -23,7 +23,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/productwatch/productwatch/pkg/change"
-	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
 // Kinds of change the wake-up test makes.
@@ -115,10 +114,8 @@ func (a *arrivals) at(seq int64) (time.Time, bool) {
 // hour.
 func TestWakeupRace(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := seedProducts(t, pg.DB, 40)
+	f := newFixture(t, 40)
+	pg, ns, js, products := f.pg, f.ns, f.js, f.products
 	burstProducts, rrProducts, lateProducts := products[:30], products[30:35], products[35:]
 	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
 		"SAFETY_POLL_INTERVAL": "1h",
@@ -135,15 +132,7 @@ func TestWakeupRace(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	const burstWriters = 4
-	conns := make([]*sql.Conn, burstWriters+2) // burst writers, the RR transaction, the late one
-	for i := range conns {
-		c, err := pg.DB.Conn(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		conns[i] = c
-	}
+	conns := sessions(t, ctx, pg.DB, burstWriters+2) // burst writers, the RR transaction, the late one
 	rrConn, lateConn := conns[burstWriters], conns[burstWriters+1]
 
 	seed := rand.Uint64()

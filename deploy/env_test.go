@@ -1,19 +1,21 @@
 package deploy
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
 // repoRoot is the repository, one level above this package.
 const repoRoot = ".."
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
 // runtimeEnv are variables read by the Go runtime rather than by the
 // programs' flags; deployments may set them too.
@@ -22,47 +24,36 @@ var runtimeEnv = map[string]bool{"GOMEMLIMIT": true, "GOGC": true, "GOMAXPROCS":
 // envInUsage matches how pkg/envflag names a flag's variable in its usage.
 var envInUsage = regexp.MustCompile(`\(env ([A-Z][A-Z0-9_]*)\)`)
 
-// programEnv builds each program once per test binary and reads the
-// environment variables it understands from its -h output.
-var programEnv = sync.OnceValues(func() (map[string]map[string]bool, error) {
-	dir, err := os.MkdirTemp("", "productwatch-deploy-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dir)
-	out := map[string]map[string]bool{}
-	for _, program := range []string{"bridge", "gateway"} {
-		bin := filepath.Join(dir, program)
-		build := exec.Command("go", "build", "-o", bin, "./"+program)
-		build.Dir = repoRoot
-		if msg, err := build.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("go build ./%s: %v\n%s", program, err, msg)
-		}
-		// -h prints the usage and exits 2; the output is what matters.
-		help := exec.Command(bin, "-h")
-		help.Env = []string{"PATH=" + os.Getenv("PATH")}
-		usage, _ := help.CombinedOutput()
-		vars := map[string]bool{}
-		for _, m := range envInUsage.FindAllStringSubmatch(string(usage), -1) {
-			vars[m[1]] = true
-		}
-		if !vars["DATABASE_URL"] || !vars["NATS_URL"] {
-			return nil, fmt.Errorf("%s -h lists no DATABASE_URL or NATS_URL; its usage format changed?\n%s", program, usage)
-		}
-		out[program] = vars
-	}
-	return out, nil
-})
+// usageEnv holds, per program, the environment variables it understands,
+// read once per test binary from its -h output.
+var usageEnv = struct {
+	sync.Mutex
+	vars map[string]map[string]bool
+}{vars: map[string]map[string]bool{}}
 
-// envOf returns the variables program reads, failing the test when they
-// cannot be had.
+// envOf returns the variables program reads (its -h output lists them; the
+// program is built once per test process, testenv.Program), failing the
+// test when they cannot be had.
 func envOf(t *testing.T, program string) map[string]bool {
 	t.Helper()
-	all, err := programEnv()
-	if err != nil {
-		t.Fatal(err)
+	usageEnv.Lock()
+	defer usageEnv.Unlock()
+	if vars, ok := usageEnv.vars[program]; ok {
+		return vars
 	}
-	return all[program]
+	// -h prints the usage and exits 2; the output is what matters.
+	help := exec.Command(testenv.Program(t, program), "-h")
+	help.Env = []string{"PATH=" + os.Getenv("PATH")}
+	usage, _ := help.CombinedOutput()
+	vars := map[string]bool{}
+	for _, m := range envInUsage.FindAllStringSubmatch(string(usage), -1) {
+		vars[m[1]] = true
+	}
+	if !vars["DATABASE_URL"] || !vars["NATS_URL"] {
+		t.Fatalf("%s -h lists no DATABASE_URL or NATS_URL; its usage format changed?\n%s", program, usage)
+	}
+	usageEnv.vars[program] = vars
+	return vars
 }
 
 // unknownEnv lists the names in set that program does not read.

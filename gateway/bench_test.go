@@ -21,16 +21,6 @@ import (
 // benchProducts is how many products the write benchmarks spread over.
 const benchProducts = 1000
 
-// seedProducts creates benchProducts products in pg's database.
-func seedProducts(b *testing.B, pg *testenv.PG) {
-	b.Helper()
-	_, err := pg.DB.Exec(`INSERT INTO products (manufacturer, product_name, price_amount, price_currency, units_available)
-		SELECT 'Apple', 'MacBook ' || i, 500, 'EUR', i FROM generate_series(1, $1) AS i`, benchProducts)
-	if err != nil {
-		b.Fatal(err)
-	}
-}
-
 // BenchmarkPutProduct measures the write path: PUT /products/{id} through the
 // gateway's handler (routing, auth, decoding, validation) to PostgreSQL and
 // back, with the trigger writing the change log. clients=16 matches the
@@ -39,7 +29,7 @@ func BenchmarkPutProduct(b *testing.B) {
 	for _, clients := range []int{1, 16} {
 		b.Run("clients="+strconv.Itoa(clients), func(b *testing.B) {
 			pg := testenv.Postgres(b)
-			seedProducts(b, pg)
+			testenv.SeedProducts(b, pg.DB, benchProducts)
 			cfg, err := loadConfig(nil)
 			if err != nil {
 				b.Fatal(err)
@@ -111,7 +101,7 @@ func BenchmarkPgbenchUpdate(b *testing.B) {
 	for _, clients := range []int{1, 16} {
 		b.Run("clients="+strconv.Itoa(clients), func(b *testing.B) {
 			pg := testenv.Postgres(b)
-			seedProducts(b, pg)
+			testenv.SeedProducts(b, pg.DB, benchProducts)
 			script := filepath.Join(b.TempDir(), "put.sql")
 			if err := os.WriteFile(script, []byte(pgbenchUpdate), 0o644); err != nil {
 				b.Fatal(err)

@@ -219,27 +219,14 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 		d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, byte(1+n/250%250), byte(1+n%250))}
 		return d.DialContext(ctx, network, addr)
 	}}}
-	path, err := buildProgram("gateway")
-	if err != nil {
-		b.Fatal(err)
-	}
+	path := testenv.Program(b, "gateway")
 	pg, n := testenv.Postgres(b), testenv.NATS(b)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := testenv.FreeAddr(b)
 	// pprof on its own port: a heap profile with gc=1 collects the garbage
 	// before each measurement, so that GC timing does not move the figures.
 	debugAddr := os.Getenv("BENCH_DEBUG_ADDR")
 	if debugAddr == "" {
-		dl, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		debugAddr = dl.Addr().String()
-		dl.Close()
+		debugAddr = testenv.FreeAddr(b)
 	}
 	collect := func() {
 		if resp, err := http.Get("http://" + debugAddr + "/debug/pprof/heap?gc=1"); err == nil {
@@ -309,11 +296,10 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	}
 	// Idle means idle: the writers that sent the acks end after a second or
 	// two without work. Wait (at most 20 s) until only the readers are left.
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		if n, ok := gatewayMetric("http://"+metricsAddr+"/metrics", "go_goroutines "); ok && n <= float64(conns)*1.01+100 {
-			break
-		}
-	}
+	testenv.Poll(b, 20*time.Second, func() bool {
+		m, err := testenv.ScrapeMetrics("http://" + metricsAddr + "/metrics")
+		return err == nil && m.Sum("go_goroutines") <= float64(conns)*1.01+100
+	})
 	collect()
 	after, err := rssKiB(cmd.Process.Pid)
 	if err != nil {
@@ -321,21 +307,10 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	}
 	b.ReportMetric(float64(after-before)/float64(conns), "KiB/conn")
 	b.ReportMetric(float64(after)/1024, "rss_MiB")
-	if resp, err := http.Get("http://" + metricsAddr + "/metrics"); err == nil {
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		for _, line := range strings.Split(string(body), "\n") {
-			for _, name := range []string{"go_goroutines ", "go_memstats_stack_inuse_bytes ", "go_memstats_heap_inuse_bytes "} {
-				if v, ok := strings.CutPrefix(line, name); ok {
-					f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
-					if name == "go_goroutines " {
-						b.ReportMetric(f/float64(conns), "goroutines/conn")
-					} else {
-						b.ReportMetric(f/1024/float64(conns), strings.TrimSuffix(strings.TrimPrefix(name, "go_memstats_"), "_bytes ")+"_KiB/conn")
-					}
-				}
-			}
-		}
+	if m, err := testenv.ScrapeMetrics("http://" + metricsAddr + "/metrics"); err == nil {
+		b.ReportMetric(m.Sum("go_goroutines")/float64(conns), "goroutines/conn")
+		b.ReportMetric(m.Sum("go_memstats_stack_inuse_bytes")/1024/float64(conns), "stack_inuse_KiB/conn")
+		b.ReportMetric(m.Sum("go_memstats_heap_inuse_bytes")/1024/float64(conns), "heap_inuse_KiB/conn")
 	}
 	if debug, out := debugAddr, os.Getenv("BENCH_HEAP_PROFILE"); out != "" {
 		// make bench-profile: keep the gateway's heap profile with every socket open
@@ -350,21 +325,4 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 			ws.CloseNow()
 		}
 	}
-}
-
-// gatewayMetric reads one unlabelled metric from a /metrics page.
-func gatewayMetric(url, name string) (float64, bool) {
-	resp, err := http.Get(url)
-	if err != nil {
-		return 0, false
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, name); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			return f, err == nil
-		}
-	}
-	return 0, false
 }

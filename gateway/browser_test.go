@@ -206,12 +206,7 @@ func TestBrowserLivePage(t *testing.T) {
 	ctx := browser(t)
 	pg, n := testenv.Postgres(t), testenv.NATS(t)
 	startBridge(t, pg, n)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := testenv.FreeAddr(t)
 	gate := newSocketGate()
 	stop := liveGatewayWith(t, pg, n, addr, gate.wrap)
 	defer func() { stop() }()

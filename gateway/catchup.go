@@ -68,8 +68,7 @@ func (cu *catchUp) current(ctx context.Context, ids []int64) (current, gone map[
 	current = make(map[int64]catchUpMsg, len(ids))
 	gone = make(map[int64]catchUpMsg)
 	rows, err := cu.db.QueryContext(ctx,
-		`SELECT product_id, version,
-		        '{"action":"SNAPSHOT","productId":' || product_id || ',"version":' || version || ',"product":' || product_json(p) || '}'
+		`SELECT product_id, version, snapshot_event(p)
 		 FROM products p WHERE product_id = ANY($1)`, pq.Array(ids))
 	if err != nil {
 		return nil, nil, fmt.Errorf("read products: %w", err)

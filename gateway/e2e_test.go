@@ -3,9 +3,6 @@ package main
 import (
 	"fmt"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,46 +12,10 @@ import (
 	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
-// builtPrograms holds, per package directory, the binary built once per
-// test process (the bridge for the end-to-end tests, the gateway for the
-// memory benchmark).
-var (
-	builtMu       sync.Mutex
-	builtPrograms = map[string]func() (string, error){}
-)
-
-// buildProgram builds the program in dir (relative to the module root) once
-// per test process and returns the binary's path.
-func buildProgram(dir string) (string, error) {
-	builtMu.Lock()
-	build, ok := builtPrograms[dir]
-	if !ok {
-		build = sync.OnceValues(func() (string, error) {
-			tmp, err := os.MkdirTemp("", "pw-gateway-test-")
-			if err != nil {
-				return "", err
-			}
-			path := filepath.Join(tmp, filepath.Base(dir))
-			cmd := exec.Command("go", "build", "-o", path, "./"+dir)
-			cmd.Dir = ".."
-			if out, err := cmd.CombinedOutput(); err != nil {
-				return "", fmt.Errorf("build %s: %v\n%s", dir, err, out)
-			}
-			return path, nil
-		})
-		builtPrograms[dir] = build
-	}
-	builtMu.Unlock()
-	return build()
-}
-
 // startBridge runs the real bridge against pg and n until the test ends.
 func startBridge(t *testing.T, pg *testenv.PG, n *testenv.NATSServer) *testenv.Process {
 	t.Helper()
-	path, err := buildProgram("bridge")
-	if err != nil {
-		t.Fatal(err)
-	}
+	path := testenv.Program(t, "bridge")
 	metrics := testenv.FreeAddr(t)
 	p := testenv.StartProcess(t, "bridge", path, "DATABASE_URL="+pg.DSN, "NATS_URL="+n.URL, "METRICS_ADDR="+metrics,
 		"NATS_USER="+n.Bridge.User, "NATS_PASSWORD="+n.Bridge.Password,
@@ -66,7 +27,7 @@ func startBridge(t *testing.T, pg *testenv.PG, n *testenv.NATSServer) *testenv.P
 // waitReady waits until base/readyz answers 200.
 func waitReady(t testing.TB, what, base string) {
 	t.Helper()
-	waitUntil(t, what+" to be ready", func() bool {
+	testenv.WaitUntil(t, 10*time.Second, what+" to be ready", func() bool {
 		resp, err := http.Get(base + "/readyz")
 		if err != nil {
 			return false
@@ -196,14 +157,14 @@ func TestNATSRestartUnderLoad(t *testing.T) {
 	writes(3)
 	n.RestartWith(t, func() {
 		// While NATS is down the gateway says it is not ready.
-		waitUntil(t, "the gateway to report NATS down", func() bool {
+		testenv.WaitUntil(t, 10*time.Second, "the gateway to report NATS down", func() bool {
 			r := g.opsGet(t, "/readyz")
 			return r.Status == http.StatusServiceUnavailable && strings.Contains(string(r.Body), `"nats":"NATS`) &&
 				g.do(t, request{Method: http.MethodGet, Path: "/readyz"}).Status == http.StatusServiceUnavailable
 		})
 		writes(3) // changes made while NATS is down
 	})
-	waitUntil(t, "the gateway to be ready again", func() bool {
+	testenv.WaitUntil(t, 10*time.Second, "the gateway to be ready again", func() bool {
 		return g.do(t, request{Method: http.MethodGet, Path: "/readyz"}).Status == http.StatusOK
 	})
 	writes(2)

@@ -12,6 +12,7 @@ import (
 	"strconv"
 
 	"github.com/lib/pq"
+	"github.com/lib/pq/pqerror"
 
 	"github.com/productwatch/productwatch/pkg/product"
 )
@@ -101,7 +102,7 @@ func classify(ctx context.Context, err error) (*apiError, bool) {
 
 // retryableClass reports whether a PostgreSQL error of this SQLSTATE class
 // says the database cannot serve now rather than that the request is wrong.
-func retryableClass(c pq.ErrorClass) bool {
+func retryableClass(c pqerror.Class) bool {
 	switch c {
 	case "08", "57", "53", "40":
 		return true

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/lib/pq"
+	"github.com/lib/pq/pqerror"
 )
 
 // TestClassifyDatabaseErrors: what the database says becomes 503 when it
@@ -16,7 +17,7 @@ func TestClassifyDatabaseErrors(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
 		name   string
-		code   pq.ErrorCode
+		code   pqerror.Code
 		status int
 	}{
 		{"statement timeout", "57014", http.StatusServiceUnavailable},

@@ -42,10 +42,7 @@ type liveProcess struct {
 // the suite's defaults, and waits until it is ready.
 func startLiveGateway(t *testing.T, pg *testenv.PG, n *testenv.NATSServer, env ...string) *liveProcess {
 	t.Helper()
-	path, err := buildProgram("gateway")
-	if err != nil {
-		t.Fatal(err)
-	}
+	path := testenv.Program(t, "gateway")
 	g := &liveProcess{pg: pg, addr: testenv.FreeAddr(t)}
 	metrics := testenv.FreeAddr(t)
 	g.ops = "http://" + metrics
@@ -54,7 +51,7 @@ func startLiveGateway(t *testing.T, pg *testenv.PG, n *testenv.NATSServer, env .
 		"API_TOKEN=" + hostileToken, "LOG_FORMAT=text", "LOG_LEVEL=debug", "HSTS_MAX_AGE=600", "DRAIN_WINDOW=0s",
 		"ALLOWED_ORIGINS=", "TLS_CERT=", "TLS_KEY=", "INSECURE_HTTP=false"}
 	g.proc = testenv.StartProcess(t, "gateway", path, append(base, env...)...)
-	waitUntil(t, "the gateway to be ready", func() bool {
+	testenv.WaitUntil(t, 10*time.Second, "the gateway to be ready", func() bool {
 		select {
 		case <-g.proc.Exited():
 			t.Fatalf("the gateway exited: %v\n%s", g.proc.Err(), g.proc.Output())

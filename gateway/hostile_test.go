@@ -461,13 +461,13 @@ func TestHostileWebSocket(t *testing.T) {
 		bump() // an event queued for it, never read
 		// It never reads, so never answers a ping: dropped after the ping
 		// interval plus the write timeout.
-		waitUntil(t, "the stalled client to be dropped", func() bool {
+		testenv.WaitUntil(t, 10*time.Second, "the stalled client to be dropped", func() bool {
 			return g.metric(t, `productwatch_ws_clients_dropped_total{reason="ping_timeout"}`) > before
 		})
 	})
 	bump()
 	want := version
-	waitUntil(t, "the bystander to see the last version", func() bool {
+	testenv.WaitUntil(t, 10*time.Second, "the bystander to see the last version", func() bool {
 		seenMu.Lock()
 		defer seenMu.Unlock()
 		return len(seen) > 0 && seen[len(seen)-1] == want
@@ -628,7 +628,7 @@ func TestHostileDatabaseStall(t *testing.T) {
 		}
 	})
 	t.Run("not ready", func(t *testing.T) {
-		waitUntil(t, "/readyz to say not ready", func() bool {
+		testenv.WaitUntil(t, 10*time.Second, "/readyz to say not ready", func() bool {
 			return g.call(t, h2, nil, "GET", "/readyz", "", nil).Status == 503
 		})
 	})
@@ -640,7 +640,7 @@ func TestHostileDatabaseStall(t *testing.T) {
 			resp.Body.Close()
 			t.Fatalf("answered %d under the lock", resp.StatusCode)
 		}
-		waitUntil(t, "the 499 to be counted", func() bool {
+		testenv.WaitUntil(t, 10*time.Second, "the 499 to be counted", func() bool {
 			return g.metric(t, `productwatch_http_requests_total{method="GET",route="/products/:id",status="499"}`) == 1
 		})
 	})
@@ -654,7 +654,7 @@ func TestHostileDatabaseStall(t *testing.T) {
 	if err := tx.Rollback(); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "ready again", func() bool { return g.call(t, h2, nil, "GET", "/readyz", "", nil).Status == 200 })
+	testenv.WaitUntil(t, 10*time.Second, "ready again", func() bool { return g.call(t, h2, nil, "GET", "/readyz", "", nil).Status == 200 })
 	c := g.mustDialWS(t, nil)
 	c.send(fmt.Sprintf(`{"command":"subscribe","productIDs":[%d],"snapshot":true}`, p.ProductID))
 	c.expect("ack")
@@ -739,7 +739,7 @@ func TestHostileLimits(t *testing.T) {
 	t.Run("closing gives the budget back", func(t *testing.T) {
 		a1.ws.CloseNow()
 		a2.ws.CloseNow()
-		waitUntil(t, "the closed sockets' subscriptions to go", func() bool {
+		testenv.WaitUntil(t, 10*time.Second, "the closed sockets' subscriptions to go", func() bool {
 			return g.metric(t, "productwatch_ws_subscriptions") == 1500
 		})
 		if m := subscribe(a3, ids(0, 500)); m.Type != "ack" {
@@ -752,10 +752,7 @@ func TestHostileLimits(t *testing.T) {
 // TestHostileConfig: the gateway refuses to start with a dangerous setting
 // and says why; with writes disabled it warns.
 func TestHostileConfig(t *testing.T) {
-	path, err := buildProgram("gateway")
-	if err != nil {
-		t.Fatal(err)
-	}
+	path := testenv.Program(t, "gateway")
 	cases := []struct{ env, why string }{
 		{"ALLOWED_ORIGINS=*", "wildcard in its domain"},
 		{"ALLOWED_ORIGINS=**", "wildcard in its domain"},
@@ -783,7 +780,7 @@ func TestHostileConfig(t *testing.T) {
 		pg := testenv.Postgres(t)
 		p := testenv.StartProcess(t, "gateway", path, "DATABASE_URL="+pg.DSN, "API_TOKEN=", "LISTEN_ADDR="+testenv.FreeAddr(t),
 			"METRICS_ADDR="+testenv.FreeAddr(t), "LOG_FORMAT=text", "NATS_URL=")
-		waitUntil(t, "the warning", func() bool {
+		testenv.WaitUntil(t, 10*time.Second, "the warning", func() bool {
 			return strings.Contains(p.Output(), `level=WARN msg="API_TOKEN is not set`)
 		})
 	})

@@ -28,10 +28,7 @@ func TestJSClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	installJSDeps(t, dir)
-	gatewayBin, err := buildProgram("gateway")
-	if err != nil {
-		t.Fatal(err)
-	}
+	gatewayBin := testenv.Program(t, "gateway")
 	pg, n := testenv.Postgres(t), testenv.NATS(t)
 	startBridge(t, pg, n)
 

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/productwatch/productwatch/pkg/protocol"
+	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
 // panicCount reads productwatch_gateway_panics_total{where}.
@@ -41,7 +43,7 @@ func TestReaderPanicEndsOnlyItsConnection(t *testing.T) {
 	if code := victim.closed(); code != websocket.StatusInternalError {
 		t.Errorf("close code %v, want 1011", code)
 	}
-	waitUntil(t, "the panic to be counted and its subscriptions to go", func() bool {
+	testenv.WaitUntil(t, 10*time.Second, "the panic to be counted and its subscriptions to go", func() bool {
 		return panicCount(g, "websocket_reader") == 1 && testutil.ToFloat64(g.g.ws.metrics.subscriptions) == 1
 	})
 	g.write(t, "PATCH", fmt.Sprintf("/products/%d", p.ProductID), `{"unitsAvailable":2}`)
@@ -65,11 +67,11 @@ func TestResyncerSurvivesPanic(t *testing.T) {
 	c := g.dial(t, nil)
 	c.send(fmt.Sprintf(`{"command":"subscribe","productIDs":[%d]}`, p.ProductID))
 	c.expect("ack")
-	if err := g.g.hub.Subscribe(panicky{}, []int64{p.ProductID}); err != nil {
+	if err := g.g.hub.Subscribe(t.Context(), panicky{}, []int64{p.ProductID}); err != nil {
 		t.Fatal(err)
 	}
 	g.g.resyncer.queue.requestAll()
-	waitUntil(t, "the re-syncer's panic to be counted", func() bool { return panicCount(g, "resyncer") >= 1 })
+	testenv.WaitUntil(t, 10*time.Second, "the re-syncer's panic to be counted", func() bool { return panicCount(g, "resyncer") >= 1 })
 	g.g.hub.Unsubscribe(panicky{}, []int64{p.ProductID})
 	// The re-syncer still serves: a change that never went through NATS
 	// reaches the client by the next re-sync.
@@ -108,7 +110,7 @@ func TestWriterPanicEndsOnlyItsConnection(t *testing.T) {
 	if code := victim.closed(); code != websocket.StatusInternalError {
 		t.Errorf("close code %v, want 1011", code)
 	}
-	waitUntil(t, "the writer's panic to be counted", func() bool { return panicCount(g, "websocket_writer") == 1 })
+	testenv.WaitUntil(t, 10*time.Second, "the writer's panic to be counted", func() bool { return panicCount(g, "websocket_writer") == 1 })
 	g.write(t, "PATCH", fmt.Sprintf("/products/%d", calm.ProductID), `{"unitsAvailable":2}`)
 	g.relay(t, seq)
 	if m := other.expect("UPDATE"); m.Version != 2 {

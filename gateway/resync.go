@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 
@@ -11,6 +10,7 @@ import (
 
 	"github.com/productwatch/productwatch/pkg/change"
 	"github.com/productwatch/productwatch/pkg/hub"
+	"github.com/productwatch/productwatch/pkg/sleep"
 )
 
 // resyncQueue collects the products whose changes may have been missed:
@@ -40,19 +40,29 @@ func (q *resyncQueue) requestAll() {
 // lost asks for the product of a subscription whose messages were dropped
 // (broker.Hooks.OnSlowConsumer).
 func (q *resyncQueue) lost(sub *nats.Subscription) {
-	if sub == nil || len(sub.Subject) <= len(change.SubjectPrefix) {
+	if sub == nil {
 		return
 	}
 	if sub.Subject == change.SubjectPrefix+"*" { // the watch-all subscription (watchall.go)
 		q.requestAll()
 		return
 	}
-	id, err := strconv.ParseInt(sub.Subject[len(change.SubjectPrefix):], 10, 64)
-	if err != nil {
+	id, ok := change.ProductID(sub.Subject)
+	if !ok {
 		return
 	}
 	q.mu.Lock()
 	q.ids[id] = struct{}{}
+	q.mu.Unlock()
+	q.wake()
+}
+
+// retry asks again for ids whose re-sync failed.
+func (q *resyncQueue) retry(ids []int64) {
+	q.mu.Lock()
+	for _, id := range ids {
+		q.ids[id] = struct{}{}
+	}
 	q.mu.Unlock()
 	q.wake()
 }
@@ -106,13 +116,8 @@ func (r *resyncer) run(ctx context.Context) {
 func (r *resyncer) round(ctx context.Context) {
 	all, ids := r.queue.take()
 	retry := func() {
-		r.queue.mu.Lock()
-		for _, id := range ids {
-			r.queue.ids[id] = struct{}{}
-		}
-		r.queue.mu.Unlock()
-		sleepCtx(ctx, time.Second)
-		r.queue.wake()
+		sleep.For(ctx, time.Second)
+		r.queue.retry(ids)
 	}
 	defer r.panics.recovered("resyncer", retry)
 	if all {

@@ -40,8 +40,6 @@ type Gateway struct {
 	hub      *hub.Hub
 	ws       *wsServer
 	resyncer *resyncer
-	wsBase   context.Context // the sockets' context: ends after the drain
-	stopWS   context.CancelFunc
 }
 
 // newGateway wires the gateway on an open database and, when nc is not nil,
@@ -65,10 +63,9 @@ func newGateway(cfg Config, db *sql.DB, nc *nats.Conn, queue *resyncQueue, logge
 		g.hub = hub.New(nc, hub.Options{Logger: logger, OnPanic: func(v any, stack []byte) { panics.report("hub_dispatcher", v, stack) }})
 		metrics := newWSMetrics(registry, g.hub)
 		cu := &catchUp{db: db}
-		g.wsBase, g.stopWS = context.WithCancel(context.Background())
 		wsCfg := cfg.wsConfig()
 		wsCfg.trustedProxies, _ = parseTrustedProxies(cfg.TrustedProxies) // validated by loadConfig
-		g.ws = newWSServer(g.wsBase, wsCfg, g.hub, cu, logger, metrics, panics)
+		g.ws = newWSServer(wsCfg, g.hub, cu, logger, metrics, panics)
 		registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "productwatch_ws_queued_messages",
 			Help: "Messages waiting in all connections' queues (at most one event per watched product each)."}, g.ws.queued),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "productwatch_ws_client_addresses",
@@ -155,7 +152,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		}
 	}
 	if cfg.DebugAddr != "" {
-		stop, err := serveDebug(cfg.DebugAddr, logger)
+		stop, err := serveDebug(cfg.DebugAddr, logger) // stop waits for it
 		if err != nil {
 			ln.Close()
 			return err
@@ -213,10 +210,18 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		_ = g.migrator.UpRetrying(gctx) // fails only when shutting down
 		return nil
 	})
+	// The sockets' context: it ends after the drain (below), not with ctx,
+	// so that sockets are closed with 1001 over the drain window first.
+	wsCtx, stopWS := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWS()
 	if g.hub != nil {
-		group.Go(func() error { return g.hub.Run(g.wsBase) })
+		group.Go(func() error { return g.hub.Run(wsCtx) })
 		group.Go(func() error {
-			g.resyncer.run(g.wsBase)
+			g.resyncer.run(wsCtx)
+			return nil
+		})
+		group.Go(func() error {
+			g.ws.Serve(wsCtx)
 			return nil
 		})
 	}
@@ -249,8 +254,8 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 			// http.Server.Shutdown neither closes nor waits for hijacked
 			// connections: the sockets are closed here, with 1001.
 			g.ws.Drain(shutdownCtx, g.cfg.DrainWindow)
-			g.stopWS()
 		}
+		stopWS()
 		err := srv.Shutdown(shutdownCtx)
 		if err != nil {
 			srv.Close()

@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -51,12 +50,7 @@ func TestProbesAndMetrics(t *testing.T) {
 // not ready, and requests get 503 with a JSON error, not a hang or a 500.
 func TestDatabaseDown(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := ln.Addr().String()
-	ln.Close() // nothing listens there now
+	deadAddr := testenv.FreeAddr(t) // nothing listens there
 	g := newTestGateway(t, nil)
 	db, err := openDB("postgres://postgres@" + deadAddr + "/x?sslmode=disable&connect_timeout=2")
 	if err != nil {

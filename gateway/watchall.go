@@ -48,7 +48,7 @@ func (a *allClient) MissedChanges() {
 // owns c.all: it subscribes (or unsubscribes) and hands the database part
 // (the log position for the ack, the resume) to the catch-up worker, so
 // that the reader never waits on the database.
-func (c *wsConn) watchAll(cmd protocol.Command) {
+func (c *wsConn) watchAll(ctx context.Context, cmd protocol.Command) {
 	if cmd.Name == protocol.Unsubscribe {
 		if c.all != nil {
 			c.srv.hub.UnsubscribeAll(c.all)
@@ -61,7 +61,7 @@ func (c *wsConn) watchAll(cmd protocol.Command) {
 	}
 	if c.all == nil {
 		a := &allClient{c: c}
-		if err := c.srv.hub.SubscribeAll(a); err != nil {
+		if err := c.srv.hub.SubscribeAll(ctx, a); err != nil {
 			c.srv.hub.UnsubscribeAll(a)
 			c.srv.logger.Warn("watch-all subscribe failed", "conn_id", c.id, "err", err)
 			c.answerAllError(cmd.ID, protocol.CodeUnavailable, "the gateway could not subscribe; subscribe again")
@@ -71,7 +71,7 @@ func (c *wsConn) watchAll(cmd protocol.Command) {
 		c.all = a
 		c.subsMu.Unlock()
 	}
-	c.queueCatchUp(cmd)
+	c.queueCatchUp(ctx, cmd)
 }
 
 // resumeAll answers a watch-all subscribe on the catch-up worker, within
@@ -104,7 +104,7 @@ func (c *wsConn) resumeAll(ctx context.Context, cmd protocol.Command) {
 		c.subsMu.Unlock()
 	})
 	switch {
-	case err != nil && c.catchCtx.Err() != nil:
+	case err != nil && errors.Is(ctx.Err(), context.Canceled):
 		// the connection is ending
 	case err != nil:
 		c.srv.logger.Warn("watch-all resume failed", "conn_id", c.id, "since", cmd.Since, "err", err)

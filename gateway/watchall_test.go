@@ -6,8 +6,11 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
 // seqOf reads an event's seq and whether a message carries "all":true.
@@ -109,7 +112,7 @@ func TestWatchAll(t *testing.T) {
 	b.ws.CloseNow()
 	both.send(`{"command":"unsubscribe","all":true}`)
 	both.expect("ack")
-	waitUntil(t, "the product.* subscription to go", func() bool {
+	testenv.WaitUntil(t, 10*time.Second, "the product.* subscription to go", func() bool {
 		return !g.g.hub.AllSubscribed() && (g.nats.Server == nil || natsAllSubscriptions(t, g.nats.Server) == 0)
 	})
 	_ = seq

@@ -16,6 +16,7 @@ import (
 
 	"github.com/productwatch/productwatch/pkg/hub"
 	"github.com/productwatch/productwatch/pkg/protocol"
+	"github.com/productwatch/productwatch/pkg/sleep"
 )
 
 // Close codes of the WebSocket endpoint beyond RFC 6455's: 4000–4999 are the
@@ -62,8 +63,9 @@ type addrUsage struct {
 	conns, subs int
 }
 
-// wsServer serves /websocket: it upgrades, then runs one wsConn per socket
-// until it ends, and closes them all on Drain.
+// wsServer serves /websocket: ServeHTTP upgrades and hands the socket to
+// Serve, which runs one wsConn per socket until it ends; Drain closes them
+// all.
 type wsServer struct {
 	cfg     wsConfig
 	hub     *hub.Hub
@@ -71,7 +73,12 @@ type wsServer struct {
 	logger  *slog.Logger
 	metrics *wsMetrics
 	panics  *panics
-	base    context.Context // the server's; ends only after Drain
+
+	// accepted carries upgraded sockets from ServeHTTP to Serve, which
+	// owns their goroutines; stopped is closed when Serve no longer takes
+	// any (ServeHTTP then closes the socket itself).
+	accepted chan *wsConn
+	stopped  chan struct{}
 
 	mu        sync.Mutex // guards conns, slots, draining, addrs and totalSubs
 	conns     map[*wsConn]struct{}
@@ -84,8 +91,9 @@ type wsServer struct {
 	batchBuffers *sync.Pool // the writers' batch buffers (ws_writer.go)
 }
 
-func newWSServer(base context.Context, cfg wsConfig, h *hub.Hub, cu *catchUp, logger *slog.Logger, m *wsMetrics, p *panics) *wsServer {
-	return &wsServer{cfg: cfg, hub: h, catchUp: cu, logger: logger, metrics: m, panics: p, base: base,
+func newWSServer(cfg wsConfig, h *hub.Hub, cu *catchUp, logger *slog.Logger, m *wsMetrics, p *panics) *wsServer {
+	return &wsServer{cfg: cfg, hub: h, catchUp: cu, logger: logger, metrics: m, panics: p,
+		accepted: make(chan *wsConn), stopped: make(chan struct{}),
 		conns: make(map[*wsConn]struct{}), addrs: make(map[string]*addrUsage), batchBuffers: newBatchPool()}
 }
 
@@ -217,13 +225,37 @@ func (s *wsServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_ = ws.Close(websocket.StatusGoingAway, "the gateway is shutting down")
 		return
 	}
-	// The socket gets a goroutine of its own and this handler returns: the
-	// HTTP goroutine's stack has grown through routing and middleware, and
-	// an idle socket should not keep it (BenchmarkIdleConnectionMemory).
-	go func() {
-		defer s.remove(c)
-		c.run(s.base)
-	}()
+	// The socket gets a goroutine of its own, started by Serve, and this
+	// handler returns: the HTTP goroutine's stack has grown through routing
+	// and middleware, and an idle socket should not keep it
+	// (BenchmarkIdleConnectionMemory).
+	select {
+	case s.accepted <- c:
+	case <-s.stopped:
+		s.remove(c)
+		_ = ws.Close(websocket.StatusGoingAway, "the gateway is shutting down")
+	}
+}
+
+// Serve runs the sockets ServeHTTP accepts, each on a goroutine of its own
+// with a context made here from ctx, until ctx ends (after Drain: ending it
+// drops the sockets left at once). It returns when every socket's goroutine
+// has ended. Call it once.
+func (s *wsServer) Serve(ctx context.Context) {
+	var sockets sync.WaitGroup
+	defer sockets.Wait()
+	defer close(s.stopped)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case c := <-s.accepted:
+			sockets.Go(func() {
+				defer s.remove(c)
+				c.run(ctx)
+			})
+		}
+	}
 }
 
 func (s *wsServer) add(c *wsConn) bool {
@@ -307,7 +339,7 @@ func (s *wsServer) Drain(ctx context.Context, window time.Duration) {
 	s.logger.Info("draining websockets", "connections", len(conns), "window", window)
 	step := window / time.Duration(len(conns))
 	for i, c := range conns {
-		if i > 0 && step > 0 && !sleepCtx(ctx, step) {
+		if i > 0 && step > 0 && !sleep.For(ctx, step) {
 			break
 		}
 		c.stop(websocket.StatusGoingAway, "gateway shutting down: reconnect", "drain")
@@ -343,11 +375,16 @@ type wsConn struct {
 	catchMu      sync.Mutex // guards catchJobs and catchRunning
 	catchJobs    []protocol.Command
 	catchRunning bool
-	catchCtx     context.Context // ends when run ends; set before reading
 	catchers     sync.WaitGroup
 
 	reason   atomic.Pointer[closeReason] // why the gateway closed it; the first reason wins
 	finished chan struct{}
+
+	// stop's closing handshakes run on goroutines that run waits for; once
+	// run has ended (ended) the socket is closed and stop starts none.
+	closeMu sync.Mutex
+	ended   bool
+	closing sync.WaitGroup
 
 	w connWriter // the writer goroutine's side (ws_writer.go)
 }
@@ -368,9 +405,22 @@ func (c *wsConn) done() <-chan struct{} { return c.finished }
 // the reader ends when the client answers it (or after coder/websocket's
 // handshake timeout). Only the first call counts.
 func (c *wsConn) stop(code websocket.StatusCode, text, metric string) {
-	if c.reason.CompareAndSwap(nil, &closeReason{code: code, text: text, metric: metric}) {
-		go func() { _ = c.ws.Close(code, text) }() // blocks for the handshake
+	if !c.reason.CompareAndSwap(nil, &closeReason{code: code, text: text, metric: metric}) {
+		return
 	}
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
+	if !c.ended {
+		c.closing.Go(func() { _ = c.ws.Close(code, text) }) // blocks for the handshake
+	}
+}
+
+// waitClosing waits for stop's closing handshakes; stop starts no more.
+func (c *wsConn) waitClosing() {
+	c.closeMu.Lock()
+	c.ended = true
+	c.closeMu.Unlock()
+	c.closing.Wait()
 }
 
 // run reads commands until the socket ends, while the writer writes what
@@ -378,11 +428,13 @@ func (c *wsConn) stop(code websocket.StatusCode, text, metric string) {
 // base (the server going away without a drain) drops the socket at once.
 func (c *wsConn) run(base context.Context) {
 	defer close(c.finished)
+	defer c.waitClosing()
 	stopWriter := c.startWriter()
 
-	catchCtx, stopCatchUps := context.WithCancel(base)
-	c.catchCtx = catchCtx
-	readErr := c.readRecovering(base)
+	// The reader's context is the catch-up workers' too: they end with the
+	// connection.
+	connCtx, stopCatchUps := context.WithCancel(base)
+	readErr := c.readRecovering(connCtx)
 	stopCatchUps()
 	if r, ok := readErr.(*closeReason); ok {
 		c.reason.CompareAndSwap(nil, r)
@@ -454,9 +506,9 @@ func (c *wsConn) read(ctx context.Context) error {
 		}
 		switch {
 		case cmd.All:
-			c.watchAll(cmd)
+			c.watchAll(ctx, cmd)
 		case cmd.Name == protocol.Subscribe:
-			c.subscribe(cmd)
+			c.subscribe(ctx, cmd)
 		case cmd.Name == protocol.Unsubscribe:
 			c.unsubscribe(cmd)
 		}
@@ -468,7 +520,7 @@ func (c *wsConn) read(ctx context.Context) error {
 // versions) for the catch-up worker: interest first, state second, so no
 // change falls between. Products that do not exist (yet) may be watched;
 // they count against the limits like any other.
-func (c *wsConn) subscribe(cmd protocol.Command) {
+func (c *wsConn) subscribe(ctx context.Context, cmd protocol.Command) {
 	var added []int64
 	interests := 0
 	for _, id := range cmd.ProductIDs {
@@ -499,7 +551,7 @@ func (c *wsConn) subscribe(cmd protocol.Command) {
 	}
 	// The ack goes out before any event of these products can be queued.
 	c.answer(protocol.AppendAck(nil, cmd.ID, cmd.Name, cmd.ProductIDs))
-	if err := c.srv.hub.Subscribe(c.outbox, added); err != nil {
+	if err := c.srv.hub.Subscribe(ctx, c.outbox, added); err != nil {
 		c.srv.hub.Unsubscribe(c.outbox, added)
 		c.srv.releaseSubs(c.addr, len(added))
 		c.srv.logger.Warn("subscribe failed", "conn_id", c.id, "err", err)
@@ -515,12 +567,13 @@ func (c *wsConn) subscribe(cmd protocol.Command) {
 	if !cmd.Snapshot && len(cmd.Versions) == 0 {
 		return
 	}
-	c.queueCatchUp(cmd)
+	c.queueCatchUp(ctx, cmd)
 }
 
 // queueCatchUp hands cmd's snapshot/resume read to the connection's
-// catch-up worker, starting it when none runs.
-func (c *wsConn) queueCatchUp(cmd protocol.Command) {
+// catch-up worker, starting it when none runs; the worker ends with
+// connCtx (the connection).
+func (c *wsConn) queueCatchUp(connCtx context.Context, cmd protocol.Command) {
 	c.catchMu.Lock()
 	if len(c.catchJobs) >= maxPendingCatchUps {
 		c.catchMu.Unlock()
@@ -542,17 +595,17 @@ func (c *wsConn) queueCatchUp(cmd protocol.Command) {
 	}
 	c.catchMu.Unlock()
 	if start {
-		go c.catchUpWorker()
+		go c.catchUpWorker(connCtx)
 	}
 }
 
 // catchUpWorker runs the queued catch-up reads, in order, and ends when
 // none is left or the connection ends.
-func (c *wsConn) catchUpWorker() {
+func (c *wsConn) catchUpWorker(connCtx context.Context) {
 	defer c.catchers.Done()
 	for {
 		c.catchMu.Lock()
-		if len(c.catchJobs) == 0 || c.catchCtx.Err() != nil {
+		if len(c.catchJobs) == 0 || connCtx.Err() != nil {
 			c.catchJobs = nil
 			c.catchRunning = false
 			c.catchMu.Unlock()
@@ -561,18 +614,18 @@ func (c *wsConn) catchUpWorker() {
 		cmd := c.catchJobs[0]
 		c.catchJobs = c.catchJobs[1:]
 		c.catchMu.Unlock()
-		c.runCatchUp(cmd)
+		c.runCatchUp(connCtx, cmd)
 	}
 }
 
 // runCatchUp reads and queues what one subscribe asked to catch up on,
 // within the catch-up deadline; a read that fails or times out answers
 // unavailable and leaves the subscription as it is.
-func (c *wsConn) runCatchUp(cmd protocol.Command) {
+func (c *wsConn) runCatchUp(connCtx context.Context, cmd protocol.Command) {
 	defer c.srv.panics.recovered("catchup", func() {
 		c.answerError(cmd.ID, protocol.CodeUnavailable, "could not read the current state; resubscribe with snapshot to retry", cmd.ProductIDs)
 	})
-	ctx, cancel := context.WithTimeout(c.catchCtx, c.srv.cfg.catchUpTimeout)
+	ctx, cancel := context.WithTimeout(connCtx, c.srv.cfg.catchUpTimeout)
 	defer cancel()
 	if cmd.All {
 		c.resumeAll(ctx, cmd)
@@ -580,7 +633,7 @@ func (c *wsConn) runCatchUp(cmd protocol.Command) {
 	}
 	res, err := c.srv.catchUp.load(ctx, cmd.ProductIDs, cmd.Versions, cmd.Snapshot)
 	if err != nil {
-		if c.catchCtx.Err() != nil {
+		if connCtx.Err() != nil {
 			return // the connection is ending
 		}
 		outcome, msg := "error", "could not read the current state; you are subscribed: resubscribe with snapshot to retry"
@@ -638,17 +691,5 @@ func (c *wsConn) answerError(id []byte, code, message string, ids []int64) {
 func (c *wsConn) answer(msg []byte) {
 	if err := c.outbox.Control(msg); err != nil {
 		c.stop(websocket.StatusPolicyViolation, "too many unread answers: read what you are sent", "unread_answers")
-	}
-}
-
-// sleepCtx waits d or until ctx ends; it reports whether d passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

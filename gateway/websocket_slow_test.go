@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/productwatch/productwatch/pkg/change"
+	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
 // bigEvent is a change event as the trigger would build it, padded to make
@@ -60,7 +61,7 @@ func TestStalledClient(t *testing.T) {
 		c.expect("ack")
 		clients = append(clients, c)
 	}
-	waitUntil(t, "all subscriptions", func() bool { return testutil.ToFloat64(g.g.ws.metrics.subscriptions) == products*(readers+1) })
+	testenv.WaitUntil(t, 10*time.Second, "all subscriptions", func() bool { return testutil.ToFloat64(g.g.ws.metrics.subscriptions) == products*(readers+1) })
 
 	pad := strings.Repeat("x", 16000) // a round of 200 × 16 KB is nearly the 4 MB a socket buffers
 	var wg sync.WaitGroup
@@ -108,14 +109,14 @@ func TestStalledClient(t *testing.T) {
 		return testutil.ToFloat64(g.g.ws.metrics.dropped.WithLabelValues("write_timeout")) +
 			testutil.ToFloat64(g.g.ws.metrics.dropped.WithLabelValues("slow"))
 	}
-	waitUntil(t, "the stalled client to be dropped", func() bool { return dropped() == 1 })
+	testenv.WaitUntil(t, 10*time.Second, "the stalled client to be dropped", func() bool { return dropped() == 1 })
 	if testutil.ToFloat64(g.g.ws.metrics.conflated) == 0 {
 		t.Error("nothing was conflated for the stalled client")
 	}
 	if q := g.g.ws.queued(); q > products {
 		t.Errorf("%v messages queued, more than one per watched product", q)
 	}
-	waitUntil(t, "its subscriptions to go", func() bool {
+	testenv.WaitUntil(t, 10*time.Second, "its subscriptions to go", func() bool {
 		return testutil.ToFloat64(g.g.ws.metrics.subscriptions) == products*readers
 	})
 }
@@ -129,10 +130,10 @@ func TestPingTimeout(t *testing.T) {
 	})
 	mute := g.dial(t, nil)
 	mute.send(`{"command":"unsubscribe","productIDs":[1]}`) // then never reads
-	waitUntil(t, "the mute client to be dropped", func() bool {
+	testenv.WaitUntil(t, 10*time.Second, "the mute client to be dropped", func() bool {
 		return testutil.ToFloat64(g.g.ws.metrics.dropped.WithLabelValues("ping_timeout")) == 1
 	})
-	waitUntil(t, "its connection to be counted out", func() bool {
+	testenv.WaitUntil(t, 10*time.Second, "its connection to be counted out", func() bool {
 		return testutil.ToFloat64(g.g.ws.metrics.connections) == 0
 	})
 }

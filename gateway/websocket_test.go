@@ -60,13 +60,15 @@ func newWSGateway(t testing.TB, pg *testenv.PG, n *testenv.NATSServer, change fu
 	if err != nil {
 		t.Fatal(err)
 	}
+	wsCtx, stopWS := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = g.hub.Run(g.wsBase) })
-	wg.Go(func() { g.resyncer.run(g.wsBase) })
+	wg.Go(func() { _ = g.hub.Run(wsCtx) })
+	wg.Go(func() { g.resyncer.run(wsCtx) })
+	wg.Go(func() { g.ws.Serve(wsCtx) })
 	tg := newTestServers(t, pg, g)
 	t.Cleanup(func() { // before the servers close (cleanups run last first)
 		g.ws.Drain(context.Background(), 0)
-		g.stopWS()
+		stopWS()
 		wg.Wait()
 		gnc.Close()
 	})
@@ -266,18 +268,7 @@ func TestWebSocketSubscribeReceiveUnsubscribe(t *testing.T) {
 	if err := other.ws.Close(websocket.StatusNormalClosure, "bye"); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the closed socket's subscriptions to go", func() bool { return g.g.hub.Products() == 1 }) // mine still watches 999
-}
-
-func waitUntil(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitUntil(t, 10*time.Second, "the closed socket's subscriptions to go", func() bool { return g.g.hub.Products() == 1 }) // mine still watches 999
 }
 
 func TestWebSocketSnapshotAndResume(t *testing.T) {

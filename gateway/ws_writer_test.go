@@ -20,6 +20,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/productwatch/productwatch/pkg/change"
+	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
 // TestBurstEveryVersion: clients that keep up get every one of 2,000
@@ -39,6 +40,10 @@ func TestBurstEveryVersion(t *testing.T) {
 		c.expect("ack")
 		readers = append(readers, c)
 	}
+	// The ack is queued before the reader registers the subscription in
+	// the hub (so that it precedes every event): wait for the registration,
+	// or the first burst may be published before it.
+	testenv.WaitUntil(t, 10*time.Second, "the subscriptions in the hub", func() bool { return len(g.g.hub.SubscribersOf(1)) == clients })
 	var wg sync.WaitGroup
 	errs := make(chan error, clients)
 	for _, c := range readers {
@@ -308,7 +313,7 @@ func TestWriterRetiresAndRestarts(t *testing.T) {
 		return n
 	}
 	for round := int64(1); round <= 2; round++ {
-		waitUntil(t, "the idle writer to end", func() bool { return running() == 0 })
+		testenv.WaitUntil(t, 10*time.Second, "the idle writer to end", func() bool { return running() == 0 })
 		if err := g.nc.Publish(change.Subject(7), bigEvent(7, round, "p")); err != nil {
 			t.Fatal(err)
 		}

@@ -169,19 +169,6 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// waitFor polls cond every 50 ms until it holds, failing the test after d.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > d {
-			t.Fatalf("waited %v for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond) // polling a condition with a deadline
-	}
-	return time.Since(start)
-}
-
 // finish verifies the clients and the stream, prints the report and fails
 // the test on any loss, duplicate or stale version.
 func finish(t *testing.T, env *chaosEnv, f *fleet, w *writer, r *report, start time.Time) {
@@ -242,7 +229,7 @@ func TestChaosGatewayKill(t *testing.T) {
 	var load sync.WaitGroup
 	load.Go(func() { w.run(ctx, 8, 12, 15*time.Second) })
 
-	waitFor(t, 10*time.Second, "the first writes", func() bool { return w.ok.Load() > 100 })
+	testenv.WaitUntil(t, 10*time.Second, "the first writes", func() bool { return w.ok.Load() > 100 })
 	victim := env.c.gateway(2)
 	onVictim := f.clientsOn(gatewayServerName(2))
 	if len(onVictim) == 0 {
@@ -253,8 +240,8 @@ func TestChaosGatewayKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := &report{name: fmt.Sprintf("kill -9 gateway 2 (%d of 300 clients on it), 3 gateways", len(onVictim)), recovery: map[string]time.Duration{}}
-	waitFor(t, 60*time.Second, "the dropped clients to lose their connection", func() bool { return f.connectedCount() < 300 })
-	waitFor(t, 60*time.Second, "every client to reconnect", func() bool { return f.connectedCount() == 300 })
+	testenv.WaitUntil(t, 60*time.Second, "the dropped clients to lose their connection", func() bool { return f.connectedCount() < 300 })
+	testenv.WaitUntil(t, 60*time.Second, "every client to reconnect", func() bool { return f.connectedCount() == 300 })
 	r.recovery["every client subscribed again (from the kill)"] = time.Since(killed)
 	for _, c := range onVictim {
 		c.mu.Lock()
@@ -282,9 +269,9 @@ func TestChaosBridgeKill(t *testing.T) {
 	load.Go(func() { w.run(context.Background(), 16, 100, 10*time.Second) })
 
 	ctx := context.Background()
-	waitFor(t, 10*time.Second, "the burst to start", func() bool { return w.ok.Load() > 1000 })
+	testenv.WaitUntil(t, 10*time.Second, "the burst to start", func() bool { return w.ok.Load() > 1000 })
 	leader := 0
-	waitFor(t, 10*time.Second, "a leading bridge", func() bool { leader = env.c.leaderBridge(ctx); return leader != 0 })
+	testenv.WaitUntil(t, 10*time.Second, "a leading bridge", func() bool { leader = env.c.leaderBridge(ctx); return leader != 0 })
 	var victim *Member
 	for k := range env.c.st.Bridges {
 		if env.c.st.Bridges[k].Index == leader {
@@ -296,7 +283,7 @@ func TestChaosBridgeKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := &report{name: fmt.Sprintf("kill -9 the leading bridge %d during a write burst", leader), recovery: map[string]time.Duration{}}
-	waitFor(t, 30*time.Second, "the other bridge to lead", func() bool {
+	testenv.WaitUntil(t, 30*time.Second, "the other bridge to lead", func() bool {
 		l := env.c.leaderBridge(ctx)
 		return l != 0 && l != leader
 	})
@@ -340,7 +327,7 @@ func TestChaosNATSNodeKill(t *testing.T) {
 	w := &writer{products: products, db: env.db}
 	var load sync.WaitGroup
 	load.Go(func() { w.run(ctx, 16, 100, 10*time.Second) })
-	waitFor(t, 10*time.Second, "the burst to start", func() bool { return w.ok.Load() > 1000 })
+	testenv.WaitUntil(t, 10*time.Second, "the burst to start", func() bool { return w.ok.Load() > 1000 })
 	info := streamInfo()
 	if info == nil || info.Cluster == nil || info.Cluster.Leader == "" {
 		t.Fatalf("no stream leader: %+v", info)
@@ -360,7 +347,7 @@ func TestChaosNATSNodeKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := &report{name: fmt.Sprintf("kill -9 NATS node %s (the stream leader) during a write burst", info.Cluster.Leader), recovery: map[string]time.Duration{}}
-	waitFor(t, 60*time.Second, "a new stream leader that stores new changes", func() bool {
+	testenv.WaitUntil(t, 60*time.Second, "a new stream leader that stores new changes", func() bool {
 		i := streamInfo()
 		return i != nil && i.Cluster != nil && i.Cluster.Leader != "" && i.Cluster.Leader != victim.Name[len("nats-"):] && i.State.LastSeq > lastBefore+100
 	})
@@ -374,7 +361,7 @@ func TestChaosNATSNodeKill(t *testing.T) {
 	if err := env.c.restartNode(ctx, index); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, "the restarted node's replica to catch up", func() bool {
+	testenv.WaitUntil(t, 60*time.Second, "the restarted node's replica to catch up", func() bool {
 		i := streamInfo()
 		if i == nil || i.Cluster == nil || len(i.Cluster.Replicas)+1 != 3 {
 			return false
@@ -405,7 +392,7 @@ func TestChaosRollingRestart(t *testing.T) {
 	defer cancel()
 	var load sync.WaitGroup
 	load.Go(func() { w.run(ctx, 8, 12, 5*time.Minute) })
-	waitFor(t, 10*time.Second, "the first writes", func() bool { return w.ok.Load() > 100 })
+	testenv.WaitUntil(t, 10*time.Second, "the first writes", func() bool { return w.ok.Load() > 100 })
 
 	r := &report{name: "rolling restart of the 3 gateways (drain window 2s)", recovery: map[string]time.Duration{}}
 	rollStart := time.Now()
@@ -422,7 +409,7 @@ func TestChaosRollingRestart(t *testing.T) {
 	} else {
 		t.Logf("%d connections closed by a draining gateway with 1001", n)
 	}
-	waitFor(t, 60*time.Second, "every client to be subscribed", func() bool { return f.connectedCount() == 300 })
+	testenv.WaitUntil(t, 60*time.Second, "every client to be subscribed", func() bool { return f.connectedCount() == 300 })
 	cancel()
 	load.Wait()
 	finish(t, env, f, w, r, start)
@@ -441,7 +428,7 @@ func TestChaosScale(t *testing.T) {
 	defer cancel()
 	var load sync.WaitGroup
 	load.Go(func() { w.run(ctx, 8, 12, 5*time.Minute) })
-	waitFor(t, 10*time.Second, "the first writes", func() bool { return w.ok.Load() > 100 })
+	testenv.WaitUntil(t, 10*time.Second, "the first writes", func() bool { return w.ok.Load() > 100 })
 
 	r := &report{name: "scale gateways 3 -> 5 -> 2 (drain window 2s)", recovery: map[string]time.Duration{}}
 	t0 := time.Now()
@@ -457,7 +444,7 @@ func TestChaosScale(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.recovery["scale 5 -> 2"] = time.Since(t0)
-	waitFor(t, 60*time.Second, "every client to be subscribed", func() bool {
+	testenv.WaitUntil(t, 60*time.Second, "every client to be subscribed", func() bool {
 		return f.connectedCount() == len(f.clients) && extra.connectedCount() == len(extra.clients)
 	})
 	t.Logf("with 2 gateways: %v + %v; %d connections closed with 1001 by draining gateways", f.byGateway(), extra.byGateway(), goingAway(f)+goingAway(extra))

@@ -23,6 +23,8 @@ import (
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
 // wsClient is one browser-like client: a WebSocket over WSS through
@@ -216,7 +218,7 @@ func startFleet(t *testing.T, env *chaosEnv, n, perClient int, products []int64)
 	}
 	t.Cleanup(f.stop)
 	start := time.Now()
-	waitFor(t, 60*time.Second, "every client to be subscribed", func() bool { return f.connectedCount() == n })
+	testenv.WaitUntil(t, 60*time.Second, "every client to be subscribed", func() bool { return f.connectedCount() == n })
 	t.Logf("%d clients subscribed through haproxy in %v; per gateway: %v", n, time.Since(start).Round(time.Millisecond), f.byGateway())
 	return f
 }

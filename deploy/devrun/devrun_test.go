@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -127,7 +126,7 @@ func TestQuickStart(t *testing.T) {
 	// The banner's nats sub line, pasted into a shell, shows the change
 	// made with its curl line.
 	var sub *exec.Cmd
-	var subOut lockedBuffer
+	var subOut testenv.LockedBuffer
 	if cliInstalled {
 		sub = exec.Command("sh", "-c", natsLine[1]+" sub 'product.>' --count 1")
 		sub.Env = append(os.Environ(), "HOME="+t.TempDir(), "NATS_CONTEXT=")
@@ -204,24 +203,6 @@ func TestQuickStart(t *testing.T) {
 	if _, err := (&net.Dialer{}).DialContext(ctx, "tcp", gatewayAddr); err == nil {
 		t.Error("the gateway still listens after devrun stopped")
 	}
-}
-
-// lockedBuffer collects a process's output while the test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func portSuffix(addr string) string {

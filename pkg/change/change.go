@@ -2,15 +2,15 @@
 // NATS to the browsers, the names it travels under, and the decoding of the
 // notification the trigger sends.
 //
-// The event is built once, by the trigger notify_event_on_products_update
-// (see migrations/), in the API's field names. Programs forward its bytes as
-// they are; [Event] exists for tests, tools and the rare reader that needs a
-// field.
+// The event is built once, in the API's field names, by the SQL function
+// change_event that the trigger calls (the SNAPSHOT message by
+// snapshot_event, the NOTIFY payload by change_notice; see
+// migrations/00003_event_functions.sql). Programs forward its bytes as they
+// are and read the few fields they need with [EventVersion] and [ChangedAt].
 package change
 
 import (
 	"bytes"
-	"encoding/json"
 	"strconv"
 	"time"
 )
@@ -24,14 +24,24 @@ const SubjectPrefix = "product."
 
 // Subject returns the NATS subject of a product's changes, "product.<id>".
 func Subject(productID int64) string {
-	return string(AppendSubject(make([]byte, 0, len(SubjectPrefix)+20), productID))
+	b := append(make([]byte, 0, len(SubjectPrefix)+20), SubjectPrefix...)
+	return string(strconv.AppendInt(b, productID, 10))
 }
 
-// AppendSubject appends the subject of productID to dst, without allocating
-// when dst has room.
-func AppendSubject(dst []byte, productID int64) []byte {
-	dst = append(dst, SubjectPrefix...)
-	return strconv.AppendInt(dst, productID, 10)
+// ProductID returns the product id of a subject as [Subject] writes it,
+// "product.<id>". ok is false for any other subject: wildcards, signs,
+// leading zeros, ids out of range. It does not allocate: the hub calls it
+// for every message.
+func ProductID(subject string) (id int64, ok bool) {
+	if len(subject) <= len(SubjectPrefix) || subject[:len(SubjectPrefix)] != SubjectPrefix ||
+		subject[len(SubjectPrefix)] < '1' || subject[len(SubjectPrefix)] > '9' {
+		return 0, false
+	}
+	id, err := strconv.ParseInt(subject[len(SubjectPrefix):], 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	return id, true
 }
 
 // Action says what happened to the row.
@@ -44,29 +54,9 @@ const (
 	Delete Action = "DELETE"
 )
 
-// Event is a change event as published on product.<id>. For a delete,
-// Product is the last state and Version is one more than its version.
-type Event struct {
-	Seq       int64           `json:"seq"`
-	Action    Action          `json:"action"`
-	ProductID int64           `json:"productId"`
-	Version   int64           `json:"version"`
-	ChangedAt time.Time       `json:"changedAt"`
-	Product   json.RawMessage `json:"product"`
-}
-
-// Notification is the payload of a NOTIFY on [Channel]: either the whole
-// event, or, when the event is too large for NOTIFY (8000 bytes), only a
-// reference {"seq":…,"productId":…,"ref":true} to read from the change log.
-type Notification struct {
-	Seq       int64 `json:"seq"`
-	ProductID int64 `json:"productId"`
-	Ref       bool  `json:"ref"`
-}
-
-// versionKey is how the trigger writes the event's version: right after
-// productId and before the product object, so its first occurrence is the
-// top-level one (TestEventVersion holds the trigger to that).
+// versionKey is how change_event and snapshot_event write the version:
+// right after productId and before the product object, so its first
+// occurrence is the top-level one (TestSQLShapes holds the SQL to that).
 var versionKey = []byte(`,"version":`)
 
 // EventVersion returns the version of an event or snapshot as the database
@@ -87,7 +77,7 @@ func EventVersion(event []byte) (version int64, ok bool) {
 	return version, n > 0 && (n == len(digits) || digits[n] < '0' || digits[n] > '9')
 }
 
-// changedAtKey is how the trigger writes the commit-time clock, in UTC with
+// changedAtKey is how change_event writes the commit-time clock, in UTC with
 // microseconds: "changedAt":"2026-11-25T01:02:03.456789Z".
 var changedAtKey = []byte(`"changedAt":"`)
 

@@ -1,7 +1,6 @@
 package change
 
 import (
-	"encoding/json"
 	"math"
 	"testing"
 	"time"
@@ -17,26 +16,39 @@ func TestSubject(t *testing.T) {
 			t.Errorf("Subject(%d) = %q, want %q", tc.id, got, tc.want)
 		}
 	}
-	buf := make([]byte, 0, 64)
-	if allocs := testing.AllocsPerRun(100, func() { buf = AppendSubject(buf[:0], 12345) }); allocs != 0 {
-		t.Errorf("AppendSubject allocates %v times", allocs)
-	}
 }
 
-// TestEventShape pins the event's field names to the contract in DESIGN.md.
-func TestEventShape(t *testing.T) {
-	raw := `{"seq":123,"action":"UPDATE","productId":1,"version":7,"changedAt":"2026-11-25T01:02:03.456789Z",
-	 "product":{"productId":1,"manufacturer":"Apple","productName":"MacBook Pro","pricePerUnit":"500EUR","unitsAvailable":6,"version":7,"updatedAt":"2026-11-25T01:02:03.456Z"}}`
-	var ev Event
-	if err := json.Unmarshal([]byte(raw), &ev); err != nil {
-		t.Fatal(err)
+func TestProductID(t *testing.T) {
+	tests := []struct {
+		subject string
+		want    int64
+		ok      bool
+	}{
+		{"product.1", 1, true},
+		{"product.9223372036854775807", math.MaxInt64, true},
+		{"product.9223372036854775808", 0, false},
+		{"product.*", 0, false},
+		{"product.>", 0, false},
+		{"product.", 0, false},
+		{"product.0", 0, false},
+		{"product.01", 0, false},
+		{"product.+1", 0, false},
+		{"product.-1", 0, false},
+		{"product.1.2", 0, false},
+		{"products.1", 0, false},
+		{"other.1", 0, false},
+		{"", 0, false},
 	}
-	if ev.Seq != 123 || ev.Action != Update || ev.ProductID != 1 || ev.Version != 7 || ev.ChangedAt.Nanosecond() != 456789000 || len(ev.Product) == 0 {
-		t.Errorf("decoded %+v", ev)
+	for _, tc := range tests {
+		if got, ok := ProductID(tc.subject); got != tc.want || ok != tc.ok {
+			t.Errorf("ProductID(%q) = %d %v, want %d %v", tc.subject, got, ok, tc.want, tc.ok)
+		}
+		if tc.ok && Subject(tc.want) != tc.subject {
+			t.Errorf("Subject(%d) = %q, not %q", tc.want, Subject(tc.want), tc.subject)
+		}
 	}
-	var n Notification
-	if err := json.Unmarshal([]byte(`{"seq":9,"productId":3,"ref":true}`), &n); err != nil || n != (Notification{Seq: 9, ProductID: 3, Ref: true}) {
-		t.Errorf("notification %+v %v", n, err)
+	if allocs := testing.AllocsPerRun(100, func() { ProductID("product.12345") }); allocs != 0 {
+		t.Errorf("ProductID allocates %v times", allocs)
 	}
 }
 

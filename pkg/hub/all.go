@@ -1,8 +1,8 @@
 package hub
 
 import (
+	"context"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -46,9 +46,10 @@ func newAllWatchers() *allWatchers {
 
 // SubscribeAll adds sub to the watch-all subscribers, subscribing to
 // product.* in NATS for the first one, and waits until NATS has confirmed
-// that subscription: a change published after SubscribeAll returns reaches
-// sub. Adding a subscriber twice leaves it as it is.
-func (h *Hub) SubscribeAll(sub Subscriber) error {
+// that subscription (at most Options.FlushWait, and never past ctx): a
+// change published after SubscribeAll returns reaches sub. Adding a
+// subscriber twice leaves it as it is.
+func (h *Hub) SubscribeAll(ctx context.Context, sub Subscriber) error {
 	w := h.all
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -78,7 +79,7 @@ func (h *Hub) SubscribeAll(sub Subscriber) error {
 	next = append(next, sub)
 	w.subscribers.Store(&next)
 	if added {
-		if err := h.nc.FlushTimeout(h.opts.FlushWait); err != nil {
+		if err := h.confirm(ctx); err != nil {
 			return fmt.Errorf("confirm NATS subscription %s: %w", allSubject, err)
 		}
 	}
@@ -128,8 +129,8 @@ func (h *Hub) MissedAll() {
 // waits when the dispatcher is full (NATS then buffers, up to the pending
 // limits) until the hub stops.
 func (h *Hub) forwardAll(msg *nats.Msg) {
-	id, err := strconv.ParseInt(msg.Subject[len(change.SubjectPrefix):], 10, 64)
-	if err != nil {
+	id, ok := change.ProductID(msg.Subject)
+	if !ok {
 		return
 	}
 	select {

@@ -2,11 +2,13 @@ package hub
 
 import (
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/productwatch/productwatch/pkg/change"
+	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
 // allSubscriptions counts the product.* subscriptions NATS holds.
@@ -48,11 +50,11 @@ func TestSubscribeAll(t *testing.T) {
 	defer pub.Close()
 	a, b, one := &missRecorder{}, &recorder{}, &recorder{}
 	for _, s := range []Subscriber{a, b, a} {
-		if err := h.SubscribeAll(s); err != nil {
+		if err := h.SubscribeAll(t.Context(), s); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := h.Subscribe(one, []int64{7}); err != nil {
+	if err := h.Subscribe(t.Context(), one, []int64{7}); err != nil {
 		t.Fatal(err)
 	}
 	if got := allSubscriptions(t, n.Server); got != 1 || h.AllSubscribers() != 2 || !h.AllSubscribed() {
@@ -66,7 +68,7 @@ func TestSubscribeAll(t *testing.T) {
 	if err := pub.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "every change to every watch-all subscriber", func() bool {
+	testenv.WaitUntil(t, 10*time.Second, "every change to every watch-all subscriber", func() bool {
 		return a.seen() == "[7:1 8:1 9000:1]" && b.seen() == "[7:1 8:1 9000:1]" && one.seen() == "[7:1]"
 	})
 	h.MissedAll()
@@ -83,7 +85,7 @@ func TestSubscribeAll(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the product.* subscription to go", func() bool { return allSubscriptions(t, n.Server) == 0 })
+	testenv.WaitUntil(t, 10*time.Second, "the product.* subscription to go", func() bool { return allSubscriptions(t, n.Server) == 0 })
 	if h.AllSubscribed() || h.Products() != 1 {
 		t.Fatalf("after the last left: subscribed %v, products %d", h.AllSubscribed(), h.Products())
 	}

@@ -20,7 +20,6 @@ import (
 	"log/slog"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -207,8 +206,8 @@ func (h *Hub) deliverRecovering(msg *nats.Msg) {
 // deliver hands one NATS message to the product's current subscribers.
 func (h *Hub) deliver(msg *nats.Msg) {
 	h.received.Add(1)
-	id, err := strconv.ParseInt(msg.Subject[len(change.SubjectPrefix):], 10, 64)
-	if err != nil {
+	id, ok := change.ProductID(msg.Subject)
+	if !ok {
 		return
 	}
 	version, ok := change.EventVersion(msg.Data)
@@ -282,9 +281,11 @@ func deliverTo(subs []Subscriber, id, version int64, data []byte) {
 
 // Subscribe adds sub to the subscribers of ids, subscribing to NATS for the
 // products nobody here watched yet, and waits until NATS has confirmed those
-// subscriptions: a change published after Subscribe returns reaches sub. A
-// subscriber already watching an id is left as it is.
-func (h *Hub) Subscribe(sub Subscriber, ids []int64) error {
+// subscriptions (at most Options.FlushWait, and never past ctx): a change
+// published after Subscribe returns reaches sub. A subscriber already
+// watching an id is left as it is; sub stays subscribed when the
+// confirmation fails.
+func (h *Hub) Subscribe(ctx context.Context, sub Subscriber, ids []int64) error {
 	added := false
 	for _, id := range ids {
 		s := h.shard(id)
@@ -313,11 +314,19 @@ func (h *Hub) Subscribe(sub Subscriber, ids []int64) error {
 		s.mu.Unlock()
 	}
 	if added {
-		if err := h.nc.FlushTimeout(h.opts.FlushWait); err != nil {
+		if err := h.confirm(ctx); err != nil {
 			return fmt.Errorf("confirm NATS subscriptions: %w", err)
 		}
 	}
 	return nil
+}
+
+// confirm waits until NATS has confirmed the subscriptions made so far (a
+// flush round trip), at most Options.FlushWait and never past ctx.
+func (h *Hub) confirm(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, h.opts.FlushWait)
+	defer cancel()
+	return h.nc.FlushWithContext(ctx)
 }
 
 // Unsubscribe removes sub from the subscribers of ids; a product left with

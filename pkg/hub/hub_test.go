@@ -59,18 +59,6 @@ func startHub(t testing.TB) (*Hub, *nats.Conn, *testenv.NATSServer) {
 	return h, nc, n
 }
 
-// waitFor polls cond until it holds or 10 s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestSubscribeUnsubscribe(t *testing.T) {
 	h, nc, n := startHub(t)
 	pub, err := nats.Connect(n.URL) // another client, as the bridge would be
@@ -79,10 +67,10 @@ func TestSubscribeUnsubscribe(t *testing.T) {
 	}
 	defer pub.Close()
 	a, b := &recorder{}, &recorder{}
-	if err := h.Subscribe(a, []int64{1, 2}); err != nil {
+	if err := h.Subscribe(t.Context(), a, []int64{1, 2}); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.Subscribe(b, []int64{1}); err != nil {
+	if err := h.Subscribe(t.Context(), b, []int64{1}); err != nil {
 		t.Fatal(err)
 	}
 	if h.Products() != 2 {
@@ -94,12 +82,12 @@ func TestSubscribeUnsubscribe(t *testing.T) {
 	_ = pub.Publish(change.Subject(1), event(1, 1))
 	_ = pub.Publish(change.Subject(2), event(2, 1))
 	_ = pub.Publish(change.Subject(3), event(3, 1)) // nobody watches 3
-	waitFor(t, "deliveries", func() bool { return a.seen() == "[1:1 2:1]" && b.seen() == "[1:1]" })
+	testenv.WaitUntil(t, 10*time.Second, "deliveries", func() bool { return a.seen() == "[1:1 2:1]" && b.seen() == "[1:1]" })
 
 	// b leaves product 1: a keeps it (the seed removed everyone's interest).
 	h.Unsubscribe(b, []int64{1})
 	_ = pub.Publish(change.Subject(1), event(1, 2))
-	waitFor(t, "a's delivery", func() bool { return a.seen() == "[1:1 1:2 2:1]" })
+	testenv.WaitUntil(t, 10*time.Second, "a's delivery", func() bool { return a.seen() == "[1:1 1:2 2:1]" })
 	if b.seen() != "[1:1]" {
 		t.Errorf("b got %s after unsubscribing", b.seen())
 	}
@@ -113,7 +101,7 @@ func TestSubscribeUnsubscribe(t *testing.T) {
 		t.Fatal(err)
 	}
 	if n.Server != nil { // embedded: ask the server itself
-		waitFor(t, "server-side interest to go", func() bool {
+		testenv.WaitUntil(t, 10*time.Second, "server-side interest to go", func() bool {
 			acc := n.Server.GlobalAccount()
 			return acc.Interest(change.Subject(1)) == 0 && acc.Interest(change.Subject(2)) == 0
 		})
@@ -159,7 +147,7 @@ func benchmarkFanOut(b *testing.B, conflating bool, helpers int) {
 		if conflating {
 			outboxes[i].SetConflation(Conflation{After: time.Hour, MaxEvents: 1})
 		}
-		if err := h.Subscribe(outboxes[i], []int64{1}); err != nil {
+		if err := h.Subscribe(b.Context(), outboxes[i], []int64{1}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -211,7 +199,7 @@ func TestHotProductInOrder(t *testing.T) {
 	subs := make([]*orderChecker, subscribers)
 	for i := range subs {
 		subs[i] = &orderChecker{}
-		if err := h.Subscribe(subs[i], []int64{1}); err != nil {
+		if err := h.Subscribe(t.Context(), subs[i], []int64{1}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -220,7 +208,7 @@ func TestHotProductInOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "every version at every subscriber", func() bool {
+	testenv.WaitUntil(t, 10*time.Second, "every version at every subscriber", func() bool {
 		for _, s := range subs {
 			if s.last.Load() != versions {
 				return false
@@ -278,10 +266,10 @@ func TestDispatcherSurvivesPanic(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 
 	var healthy recorder
-	if err := h.Subscribe(panicky{}, []int64{1}); err != nil {
+	if err := h.Subscribe(t.Context(), panicky{}, []int64{1}); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.Subscribe(&healthy, []int64{2}); err != nil {
+	if err := h.Subscribe(t.Context(), &healthy, []int64{2}); err != nil {
 		t.Fatal(err)
 	}
 	for v := int64(1); v <= 3; v++ {

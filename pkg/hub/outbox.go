@@ -232,10 +232,6 @@ func (o *Outbox) Control(msg []byte) error {
 	return nil
 }
 
-// Ready is signalled when something was queued while the writer was idle
-// (when no OnReady function is set).
-func (o *Outbox) Ready() <-chan struct{} { return o.ready }
-
 // Pop returns the next message to write: an answer if one waits, else the
 // oldest waiting event, with when it (or the oldest event it replaced) was
 // queued; zero for answers. ok is false when nothing waits: the writer is
@@ -339,13 +335,4 @@ func (o *Outbox) Conflating() bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.conflating
-}
-
-// Stats returns how many events were conflated away, how many were dropped
-// as stale, and how many times the outbox started conflating, since it was
-// made.
-func (o *Outbox) Stats() (conflated, stale, fellBehind int64) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.conflated, o.stale, o.fellBehind
 }

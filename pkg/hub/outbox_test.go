@@ -156,14 +156,14 @@ func TestOutboxBounds(t *testing.T) {
 	if o.Len() != 10 {
 		t.Errorf("Len %d, want 10: one event per product", o.Len())
 	}
-	if conflated, _, fell := o.Stats(); conflated != 990 || replaced != 990 || fell != 1 || episodes != 1 {
+	if conflated, _, fell := o.stats(); conflated != 990 || replaced != 990 || fell != 1 || episodes != 1 {
 		t.Errorf("conflated %d (hook %d), fell behind %d (hook %d); want 990 and 1", conflated, replaced, fell, episodes)
 	}
 	if o.Control([]byte("a")) != nil || o.Control([]byte("b")) != nil || o.Control([]byte("c")) != ErrControlFull {
 		t.Error("control FIFO not bounded at 2")
 	}
 	select {
-	case <-o.Ready():
+	case <-o.ready:
 	default:
 		t.Error("Ready not signalled")
 	}
@@ -211,7 +211,7 @@ func TestOutboxLongRun(t *testing.T) {
 			drain(o)
 		}
 	}
-	if conflated, _, _ := o.Stats(); conflated != 0 {
+	if conflated, _, _ := o.stats(); conflated != 0 {
 		t.Errorf("%d conflated", conflated)
 	}
 	if c := cap(o.events); c > 128 {
@@ -244,4 +244,13 @@ func TestOutboxDeliverAllocs(t *testing.T) {
 			t.Errorf("conflating %v: Deliver+Pop allocates %v times", conflating, allocs)
 		}
 	}
+}
+
+// stats returns how many events were conflated away, how many were dropped
+// as stale, and how many times the outbox started conflating, since it was
+// made.
+func (o *Outbox) stats() (conflated, stale, fellBehind int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.conflated, o.stale, o.fellBehind
 }

@@ -29,7 +29,25 @@ func listen(t *testing.T, dsn string) <-chan *pq.Notification {
 	return l.Notify
 }
 
-func nextNotification(t *testing.T, ch <-chan *pq.Notification) change.Notification {
+// notification is the payload of a NOTIFY on change.Channel: the event, or
+// for one too large to notify a reference {"seq":…,"productId":…,"ref":true}.
+type notification struct {
+	Seq       int64 `json:"seq"`
+	ProductID int64 `json:"productId"`
+	Ref       bool  `json:"ref"`
+}
+
+// event is the change event's envelope, as the trigger writes it.
+type event struct {
+	Seq       int64           `json:"seq"`
+	Action    change.Action   `json:"action"`
+	ProductID int64           `json:"productId"`
+	Version   int64           `json:"version"`
+	ChangedAt time.Time       `json:"changedAt"`
+	Product   json.RawMessage `json:"product"`
+}
+
+func nextNotification(t *testing.T, ch <-chan *pq.Notification) notification {
 	t.Helper()
 	for {
 		select {
@@ -37,7 +55,7 @@ func nextNotification(t *testing.T, ch <-chan *pq.Notification) change.Notificat
 			if n == nil { // a reconnect; not expected here, but not a notification either
 				continue
 			}
-			var got change.Notification
+			var got notification
 			if err := json.Unmarshal([]byte(n.Extra), &got); err != nil {
 				t.Fatalf("notification %q: %v", n.Extra, err)
 			}
@@ -105,7 +123,7 @@ func TestTrigger(t *testing.T) {
 	}{{change.Insert, 1, 1}, {change.Update, 2, 2}, {change.Delete, 3, 2}}
 	for i, w := range want {
 		row := log[i]
-		var ev change.Event
+		var ev event
 		if err := json.Unmarshal([]byte(row.Event), &ev); err != nil {
 			t.Fatal(err)
 		}
@@ -129,7 +147,7 @@ func TestTrigger(t *testing.T) {
 		}
 	}
 	// The REST body and the event's product are the same bytes.
-	var ev change.Event
+	var ev event
 	_ = json.Unmarshal([]byte(log[1].Event), &ev)
 	if string(ev.Product) != string(updated.JSON) {
 		t.Errorf("event product %s differs from the stored JSON %s", ev.Product, updated.JSON)
@@ -161,7 +179,7 @@ func TestLargeEvent(t *testing.T) {
 	if len(log[0].Event) < 8000 {
 		t.Fatalf("event only %d bytes", len(log[0].Event))
 	}
-	var ev change.Event
+	var ev event
 	if err := json.Unmarshal([]byte(log[0].Event), &ev); err != nil {
 		t.Fatal(err)
 	}

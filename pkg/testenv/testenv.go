@@ -138,6 +138,8 @@ type environment struct {
 	template  string            // migrated database the tests' ones are cloned from
 	cluster   *pgserver.Cluster // the private cluster, if one was started
 	tempDirs  []string          // removed at teardown
+
+	programs map[string]func() (string, error) // Program's builds, by directory and -race
 }
 
 // Main runs the tests of m and then removes what they created together: the
@@ -465,6 +467,7 @@ func (e *environment) teardown() error {
 	}
 	e.mainRunning, e.pgTried, e.pgErr = false, false, nil
 	e.serverDSN, e.admin, e.template, e.cluster, e.tempDirs = "", nil, "", nil, nil
+	e.programs = nil
 	return errors.Join(errs...)
 }
 

@@ -1,6 +1,0 @@
-//go:build race
-
-package main
-
-// With -race, the bridge under test is built with -race as well.
-func init() { raceEnabled = true }
