@@ -16,6 +16,7 @@ import (
 
 	"github.com/productwatch/productwatch/api/apitest"
 	"github.com/productwatch/productwatch/pkg/change"
+	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
 // TestBatchedFraming: under a burst, a client that opened
@@ -52,10 +53,10 @@ func TestBatchedFraming(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Each writer holds version 1; the rest wait in the outboxes.
-	waitUntil(t, "the burst queued for both clients", func() bool { return g.g.ws.queued() == 2*(versions-1) })
+	testenv.WaitUntil(t, 10*time.Second, "the burst queued for both clients", func() bool { return g.g.ws.queued() == 2*(versions-1) })
 	// A command while events wait: its ack is a message of its own.
 	batching.send(`{"command":"subscribe","productIDs":[2],"id":"late"}`)
-	waitUntil(t, "the ack queued", func() bool { return g.g.ws.queued() == 2*(versions-1)+1 })
+	testenv.WaitUntil(t, 10*time.Second, "the ack queued", func() bool { return g.g.ws.queued() == 2*(versions-1)+1 })
 	gateOnce.Do(func() { close(gate) })
 
 	validator := apitest.NewMessageValidator(t)
