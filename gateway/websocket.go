@@ -549,9 +549,14 @@ func (c *wsConn) subscribe(ctx context.Context, cmd protocol.Command) {
 		}
 		return
 	}
-	// The ack goes out before any event of these products can be queued.
+	// The ack goes out before any event of these products, and only once
+	// the hub (and NATS) have the subscription: a client that reads the
+	// state after the ack misses no change made after that read.
+	c.outbox.Hold()
 	c.answer(protocol.AppendAck(nil, cmd.ID, cmd.Name, cmd.ProductIDs))
-	if err := c.srv.hub.Subscribe(ctx, c.outbox, added); err != nil {
+	err := c.srv.hub.Subscribe(ctx, c.outbox, added)
+	c.outbox.Release()
+	if err != nil {
 		c.srv.hub.Unsubscribe(c.outbox, added)
 		c.srv.releaseSubs(c.addr, len(added))
 		c.srv.logger.Warn("subscribe failed", "conn_id", c.id, "err", err)

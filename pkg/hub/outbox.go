@@ -56,6 +56,7 @@ type Outbox struct {
 	maxControl int
 	limits     Conflation
 	busy       bool // the writer was told there is work and has not found the queue empty since
+	held       int  // Hold calls not yet released: Pop hands out nothing
 	closed     bool
 	ready      chan struct{}
 
@@ -201,10 +202,11 @@ func (o *Outbox) replaced(n int) {
 	}
 }
 
-// wake unlocks o and tells an idle writer that there is work.
+// wake unlocks o and tells an idle writer that there is work (unless the
+// outbox is held: Release tells it then).
 func (o *Outbox) wake() {
-	wake := !o.busy
-	o.busy = true
+	wake := !o.busy && o.held == 0
+	o.busy = o.busy || wake
 	o.mu.Unlock()
 	if !wake {
 		return
@@ -239,6 +241,10 @@ func (o *Outbox) Control(msg []byte) error {
 func (o *Outbox) Pop() (msg []byte, queued time.Time, ok bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.held > 0 {
+		o.busy = false
+		return nil, time.Time{}, false
+	}
 	if len(o.control) > 0 {
 		msg = o.control[0]
 		o.control[0] = nil
@@ -310,6 +316,28 @@ func (o *Outbox) Forget(ids []int64) {
 	if o.head == len(o.events) {
 		o.emptied()
 	}
+}
+
+// Hold stops Pop from handing out anything, answers included, until the
+// matching Release; deliveries and answers still queue. A subscribe holds
+// the outbox from queueing its ack until the hub has registered the
+// subscription, so that the ack still goes before the subscription's events
+// but only once every change published after it will arrive.
+func (o *Outbox) Hold() {
+	o.mu.Lock()
+	o.held++
+	o.mu.Unlock()
+}
+
+// Release ends a Hold; the writer is told if anything waits.
+func (o *Outbox) Release() {
+	o.mu.Lock()
+	o.held--
+	if o.held > 0 || (len(o.control) == 0 && o.head == len(o.events)) {
+		o.mu.Unlock()
+		return
+	}
+	o.wake()
 }
 
 // Close makes the outbox drop whatever is delivered from now on and frees

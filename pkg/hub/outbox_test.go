@@ -2,6 +2,7 @@ package hub
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -189,6 +190,36 @@ func TestOutboxWakeOnce(t *testing.T) {
 	o.Deliver(1, 4, []byte("d"))
 	if o.Len() != 0 {
 		t.Error("a closed outbox queued an event")
+	}
+}
+
+// TestOutboxHold: while held, nothing is handed out and the writer is not
+// woken; Release wakes it once, and the ack queued during the hold still
+// goes before the events delivered during it.
+func TestOutboxHold(t *testing.T) {
+	o := NewOutbox(4)
+	wakes := 0
+	o.OnReady(func() { wakes++ })
+	o.Hold()
+	_ = o.Control([]byte("ack"))
+	o.Deliver(1, 1, []byte("a"))
+	if wakes != 0 {
+		t.Fatalf("%d wake-ups while held", wakes)
+	}
+	if msg, _, ok := o.Pop(); ok {
+		t.Fatalf("Pop handed out %q while held", msg)
+	}
+	o.Release()
+	if wakes != 1 {
+		t.Fatalf("%d wake-ups after Release, want 1", wakes)
+	}
+	if got := drain(o); strings.Join(got, " ") != "ack a" {
+		t.Fatalf("after Release: %q, want the ack then the event", got)
+	}
+	o.Hold()
+	o.Release() // nothing waits: no wake-up
+	if wakes != 1 {
+		t.Fatalf("%d wake-ups after an empty hold, want 1", wakes)
 	}
 }
 
