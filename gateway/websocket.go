@@ -159,10 +159,15 @@ func (s *wsServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, refusal)
 		return
 	}
+	batch, refusal := batchParam(r.URL.Query())
+	if refusal != nil {
+		s.metrics.refused.Inc()
+		writeAPIError(w, refusal)
+		return
+	}
 	addr := addrKey(s.cfg.trustedProxies.clientAddr(r))
 	// A slot is reserved before the upgrade, so that sockets being upgraded
 	// count against the limits too.
-	var refusal *apiError
 	s.mu.Lock()
 	u := s.addrs[addr]
 	switch {
@@ -214,6 +219,7 @@ func (s *wsServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		strikes:  rate.NewLimiter(s.cfg.commandRate/10, 3*s.cfg.commandBurst),
 	}
 	s.setUpWriter(c, sb)
+	c.w.batch = batch
 	if !s.add(c) {
 		s.release(addr)
 		_ = ws.Close(websocket.StatusGoingAway, "the gateway is shutting down")

@@ -51,12 +51,19 @@ type connWriter struct {
 	closed  bool       // the connection is ending: start nothing more
 	ping    *time.Timer
 	tasks   sync.WaitGroup // the writer and a ping in flight
+
+	// batch: the client asked for batched framing (ws_batch.go); events
+	// collect in events and go out as one message per batch. batch is set
+	// before the writer first runs; events is the writer's.
+	batch  bool
+	events eventArray
 }
 
 // setUpWriter gives a new connection its outbox limits and metric hooks and
 // the cork that smallBuffers put under the socket.
 func (s *wsServer) setUpWriter(c *wsConn, sb *smallBuffers) {
 	c.w.cork = sb.cork
+	c.w.events.pool = s.batchBuffers
 	c.w.wake = make(chan struct{}, 1)
 	c.w.quit = make(chan struct{})
 	c.outbox.SetConflation(s.cfg.conflation)
@@ -167,7 +174,7 @@ func (c *wsConn) writeQueued() bool {
 		n, emptied := 0, false
 		var werr error
 		now := time.Now()
-		for n < maxBatchMessages && c.w.cork.buffered() < maxBatchBytes {
+		for n < maxBatchMessages && c.w.cork.buffered()+c.w.events.size() < maxBatchBytes {
 			msg, queued, ok := c.outbox.Pop()
 			if !ok {
 				emptied = true
@@ -181,6 +188,17 @@ func (c *wsConn) writeQueued() bool {
 			if c.srv.cfg.onWrite != nil {
 				c.srv.cfg.onWrite(msg)
 			}
+			n++
+			if c.w.batch && !queued.IsZero() { // an event, for a batching client
+				c.w.events.add(msg)
+				c.srv.metrics.sent(msg, queued)
+				continue
+			}
+			// An answer goes after the events queued before it.
+			if err := c.w.events.write(c.ws); err != nil {
+				werr = err
+				break
+			}
 			// No deadline here: the frame only goes into the cork's
 			// buffer. The write timeout applies to the socket write in
 			// flush, and a context without one spares coder/websocket a
@@ -189,9 +207,12 @@ func (c *wsConn) writeQueued() bool {
 				werr = err
 				break
 			}
-			n++
 			c.srv.metrics.sent(msg, queued)
 		}
+		if werr == nil {
+			werr = c.w.events.write(c.ws)
+		}
+		c.w.events.release()
 		err := c.w.cork.flush()
 		if n > 0 {
 			c.srv.metrics.batchMessages.Observe(float64(n))

@@ -1,6 +1,7 @@
 package apitest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -61,7 +62,7 @@ func NewMessageValidator(t testing.TB) *MessageValidator {
 }
 
 // Validate checks msg against the named schema (Subscribe, Unsubscribe,
-// ChangeEvent, Snapshot, Ack, Error).
+// ChangeEvent, Snapshot, Ack, Error, EventBatch).
 func (v *MessageValidator) Validate(schema string, msg []byte) error {
 	ref, ok := v.schemas[schema]
 	if !ok {
@@ -78,9 +79,16 @@ func (v *MessageValidator) Validate(schema string, msg []byte) error {
 }
 
 // CheckServerMessage finds which server message msg is (by its type or
-// action) and validates it; an unrecognised message fails the test.
+// action; a JSON array is an EventBatch) and validates it; an unrecognised
+// message fails the test.
 func (v *MessageValidator) CheckServerMessage(t testing.TB, msg []byte) {
 	t.Helper()
+	if trimmed := bytes.TrimLeft(msg, " \t\r\n"); len(trimmed) > 0 && trimmed[0] == '[' {
+		if err := v.Validate("EventBatch", msg); err != nil {
+			t.Error(err)
+		}
+		return
+	}
 	var probe struct {
 		Type   string `json:"type"`
 		Action string `json:"action"`

@@ -32,6 +32,11 @@ func TestMessageValidator(t *testing.T) {
 		{"Ack", `{"type":"ack","id":"s1","command":"subscribe","productIDs":[1]}`, true},
 		{"Error", `{"type":"error","code":"not_found","message":"no such products","productIDs":[9]}`, true},
 		{"Error", `{"type":"error","code":"oops","message":"?"}`, false},
+		{"EventBatch", `[{"seq":1,"action":"INSERT","productId":1,"version":1,"changedAt":"2026-11-25T01:02:03.456789Z","product":` + product + `},` +
+			`{"action":"SNAPSHOT","productId":1,"version":7,"product":` + product + `}]`, true},
+		{"EventBatch", `[{"action":"SNAPSHOT","productId":1,"version":7,"product":` + product + `}]`, false}, // a lone event is a plain object
+		{"EventBatch", `[{"type":"ack","command":"subscribe","productIDs":[1]},{"action":"SNAPSHOT","productId":1,"version":7,"product":` + product + `}]`, false},
+		{"EventBatch", `[]`, false},
 	}
 	for _, tc := range tests {
 		if err := v.Validate(tc.schema, []byte(tc.msg)); (err == nil) != tc.ok {

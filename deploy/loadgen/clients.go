@@ -87,6 +87,10 @@ type client struct {
 	// closing is set when the load generator closes the connection, so
 	// that the read loop's error is not taken for the gateway's doing.
 	closing atomic.Bool
+	// messages counts the messages that carried events (an array of
+	// several with batched framing counts once).
+	messages atomic.Int64
+	events   atomic.Int64 // the events in them
 
 	mu       sync.Mutex // guards the fields below; the read loop appends, the drain check reads
 	frames   []tally.Frame
@@ -183,13 +187,22 @@ func (c *client) handle(msg []byte, now int64) {
 		c.mu.Unlock()
 		return
 	}
+	c.messages.Add(1)
+	if len(msg) > 0 && msg[0] == '[' { // a batch: /websocket?batch=1
+		if !splitEvents(msg, func(event []byte) { c.event(event, now) }) {
+			c.unreadable(msg)
+		}
+		return
+	}
+	c.event(msg, now)
+}
+
+// event accounts for one event received at now.
+func (c *client) event(msg []byte, now int64) {
+	c.events.Add(1)
 	f, ok := parseEvent(msg)
 	if !ok {
-		c.mu.Lock()
-		if len(c.errors) < 10 {
-			c.errors = append(c.errors, "unreadable message: "+string(msg[:min(len(msg), 200)]))
-		}
-		c.mu.Unlock()
+		c.unreadable(msg)
 		return
 	}
 	f.Received = now
@@ -199,6 +212,74 @@ func (c *client) handle(msg []byte, now int64) {
 		c.newest[f.ProductID] = f.Version
 	}
 	c.mu.Unlock()
+}
+
+// unreadable keeps a message the load generator could not read among the
+// client's errors.
+func (c *client) unreadable(msg []byte) {
+	c.mu.Lock()
+	if len(c.errors) < 10 {
+		c.errors = append(c.errors, "unreadable message: "+string(msg[:min(len(msg), 200)]))
+	}
+	c.mu.Unlock()
+}
+
+// splitEvents calls each with every element of a JSON array of objects,
+// without decoding them (the strings inside may hold any bytes, escaped
+// quotes included). It reports false, having called each for the elements
+// before, when msg is not such an array (or nests deeper than 64).
+func splitEvents(msg []byte, each func(event []byte)) bool {
+	if len(msg) < 2 || msg[0] != '[' {
+		return false
+	}
+	var closers [64]byte // what closes each open object or array
+	depth, start, inString, escaped := 0, -1, false, false
+	for i := 1; i < len(msg); i++ {
+		b := msg[i]
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case b == '\\':
+				escaped = true
+			case b == '"':
+				inString = false
+			}
+		case b == '"':
+			if depth == 0 {
+				return false
+			}
+			inString = true
+		case b == '{' || b == '[':
+			if depth == 0 {
+				if b != '{' {
+					return false
+				}
+				start = i
+			}
+			if depth == len(closers) {
+				return false
+			}
+			closers[depth] = b + 2 // '{'+2 is '}', '['+2 is ']'
+			depth++
+		case b == '}' || b == ']':
+			if depth == 0 {
+				return b == ']' && i == len(msg)-1 && start >= 0
+			}
+			if closers[depth-1] != b {
+				return false
+			}
+			depth--
+			if depth == 0 {
+				each(msg[start : i+1])
+			}
+		case depth == 0 && (b == ',' || b == ' ' || b == '\n' || b == '\t' || b == '\r'):
+		case depth == 0:
+			return false
+		}
+	}
+	return false
 }
 
 // parseEvent reads an event's productId (the first one: the top-level

@@ -35,6 +35,51 @@ func TestParseEvent(t *testing.T) {
 	}
 }
 
+func TestSplitEvents(t *testing.T) {
+	for _, tc := range []struct {
+		name, msg string
+		want      []string
+		ok        bool
+	}{
+		{"two", `[{"productId":1,"version":2},{"productId":1,"version":3}]`, []string{`{"productId":1,"version":2}`, `{"productId":1,"version":3}`}, true},
+		{"nested and strings", `[{"p":{"n":"a}],[{\"x"},"v":1}, {"p":"\\"}]`, []string{`{"p":{"n":"a}],[{\"x"},"v":1}`, `{"p":"\\"}`}, true},
+		{"empty", `[]`, nil, false}, // the gateway never sends one
+		{"object", `{"productId":1}`, nil, false},
+		{"unclosed", `[{"a":1}`, []string{`{"a":1}`}, false},
+		{"not objects", `[1,2]`, nil, false},
+		{"trailing bytes", `[{"a":1}]x`, []string{`{"a":1}`}, false},
+		{"nested array", `[[{"a":1}]]`, nil, false},
+		{"mismatched", `[{]`, nil, false},
+		{"string outside", `["a"]`, nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			ok := splitEvents([]byte(tc.msg), func(ev []byte) { got = append(got, string(ev)) })
+			if ok != tc.ok || strings.Join(got, "|") != strings.Join(tc.want, "|") {
+				t.Errorf("splitEvents(%s) = %q, %v; want %q, %v", tc.msg, got, ok, tc.want, tc.ok)
+			}
+		})
+	}
+}
+
+func TestClientHandleBatch(t *testing.T) {
+	c := newClient(nil, []int64{1}, 0)
+	c.handle([]byte(`[{"seq":1,"action":"UPDATE","productId":1,"version":5,"product":{}},{"seq":2,"action":"UPDATE","productId":1,"version":6,"product":{}}]`), 4)
+	c.handle([]byte(`{"seq":3,"action":"UPDATE","productId":1,"version":7,"product":{}}`), 5)
+	c.handle([]byte(`[{"seq":4,"action":"UPDATE","productId":1,"version":8,"product":{}`), 6)
+	frames, errs, _ := c.result()
+	want := []tally.Frame{{ProductID: 1, Version: 5, Received: 4}, {ProductID: 1, Version: 6, Received: 4}, {ProductID: 1, Version: 7, Received: 5}}
+	if len(frames) != len(want) || frames[0] != want[0] || frames[1] != want[1] || frames[2] != want[2] {
+		t.Errorf("frames = %+v, want %+v", frames, want)
+	}
+	if len(errs) != 1 || !strings.Contains(errs[0], "unreadable") {
+		t.Errorf("errors = %q, want the broken batch", errs)
+	}
+	if m, e := c.messages.Load(), c.events.Load(); m != 3 || e != 3 {
+		t.Errorf("%d messages, %d events; want 3 and 3", m, e)
+	}
+}
+
 func TestClientHandle(t *testing.T) {
 	c := newClient(nil, []int64{1}, 0)
 	c.handle([]byte(`{"type":"ack","command":"subscribe","productIDs":[1]}`), 1)
@@ -227,6 +272,42 @@ func FuzzParseEvent(f *testing.F) {
 		}
 		if fr.Version < 0 || fr.ProductID < 0 {
 			t.Fatalf("parseEvent(%q) = %+v: negative", msg, fr)
+		}
+	})
+}
+
+// FuzzSplitEvents: whatever the gateway sends, splitting a batch never
+// panics, every element is a balanced {…} taken from the message in order,
+// and a well-formed array of the elements found gives them back.
+func FuzzSplitEvents(f *testing.F) {
+	for _, seed := range []string{
+		`[{"productId":1,"version":2},{"productId":1,"version":3}]`,
+		`[{"p":{"n":"a}],[{\"x"},"v":1}, {"p":"\\"}]`,
+		`[{"a":1}`, `[[{"a":1}]]`, `[1]`, `[]`, `[`, `[{"a":"\`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		var got [][]byte
+		ok := splitEvents(msg, func(ev []byte) { got = append(got, ev) })
+		at := 0
+		for _, ev := range got {
+			if len(ev) < 2 || ev[0] != '{' || ev[len(ev)-1] != '}' {
+				t.Fatalf("splitEvents(%q) gave %q, not an object", msg, ev)
+			}
+			i := bytes.Index(msg[at:], ev)
+			if i < 0 {
+				t.Fatalf("splitEvents(%q) gave %q, not in order", msg, ev)
+			}
+			at += i + len(ev)
+		}
+		if ok {
+			rebuilt := append([]byte{'['}, bytes.Join(got, []byte{','})...)
+			rebuilt = append(rebuilt, ']')
+			var again [][]byte
+			if !splitEvents(rebuilt, func(ev []byte) { again = append(again, ev) }) || len(again) != len(got) {
+				t.Fatalf("splitEvents(%q) accepted %d elements, but not their clean array %q", msg, len(got), rebuilt)
+			}
 		}
 	})
 }

@@ -10,7 +10,8 @@
 // and itself from /proc.
 //
 // Scenarios (issue 10): S1 100 clients on 1 product at 50 changes/s; S2
-// 1,000 clients on 1 product at 200/s; S3 1,000 clients × 10 random of
+// 1,000 clients on 1 product at 200/s (S2b: the same with batched
+// framing, /websocket?batch=1); S3 1,000 clients × 10 random of
 // 10,000 products at 1,000/s; S4 100 clients at 200/s with ~6 KB rows, with
 // (S4) and without (S4-base) a client that never reads; S5 50,000 idle
 // subscribed connections; S6 the bridge's commit → JetStream benchmark
@@ -40,6 +41,7 @@ import (
 type config struct {
 	scenarios string
 	scale     float64
+	batch     bool
 	build     bool
 	run       runOptions
 }
@@ -47,7 +49,8 @@ type config struct {
 func main() {
 	var cfg config
 	fs := flag.NewFlagSet("loadgen", flag.ExitOnError)
-	fs.StringVar(&cfg.scenarios, "scenarios", "S1,S2,S3,S4-base,S4,S5,S6", "scenarios to run, comma-separated")
+	fs.StringVar(&cfg.scenarios, "scenarios", "S1,S2,S2b,S3,S4-base,S4,S5,S6", "scenarios to run, comma-separated")
+	fs.BoolVar(&cfg.batch, "batch", false, "every scenario's clients ask for batched framing (/websocket?batch=1); S2b always does")
 	fs.Float64Var(&cfg.scale, "scale", 1, "scale clients, rates and durations by this factor (0.1 for a quick try)")
 	fs.BoolVar(&cfg.build, "build", true, "build bin/bridge and bin/gateway first (go build)")
 	fs.StringVar(&cfg.run.binDir, "bin", "bin", "directory of the bridge and gateway binaries")
@@ -89,11 +92,12 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 	for _, sc := range scenarios(cfg.scale) {
 		if slices.Contains(wanted, sc.Name) {
 			sc.profile = slices.Contains(strings.Split(opts.profile, ","), sc.Name)
+			sc.Batch = sc.Batch || cfg.batch
 			list = append(list, sc)
 		}
 	}
 	if len(list) == 0 {
-		return fmt.Errorf("-scenarios %q names none of S1, S2, S3, S4-base, S4, S5, S6", cfg.scenarios)
+		return fmt.Errorf("-scenarios %q names none of S1, S2, S2b, S3, S4-base, S4, S5, S6", cfg.scenarios)
 	}
 	for _, dir := range []*string{&opts.stateDir, &opts.outDir, &opts.binDir, &opts.repoDir} {
 		abs, err := filepath.Abs(*dir)

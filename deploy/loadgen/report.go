@@ -156,6 +156,11 @@ func writeMarkdown(w io.Writer, r *report) {
 				}
 			}
 		}
+		if res.Messages > 0 && (res.Scenario.Batch || res.Scenario.Name == "S2") {
+			fmt.Fprintf(w, "- %s: %s events in %s WebSocket messages (%.2f events per message%s).\n", res.Scenario.Name,
+				thousands(res.Events), thousands(res.Messages), float64(res.Events)/float64(res.Messages),
+				map[bool]string{true: ", batched framing", false: ", one event per message"}[res.Scenario.Batch])
+		}
 		if res.Idle != nil {
 			id := res.Idle
 			fmt.Fprintf(w, "- %s: %s idle subscribed connections (from %d source addresses) in %.1f s; gateway RSS %.1f → %.1f MiB: **%.1f KiB per connection** (the load generator: %.1f KiB per connection).\n",

@@ -32,6 +32,9 @@ type scenario struct {
 	Stalled  int     `json:"stalledClients"`
 	Idle     bool    `json:"idle"` // connections only (S5)
 	Bridge   bool    `json:"bridgeBenchmark"`
+	// Batch: the clients open /websocket?batch=1 (events waiting together
+	// come as one JSON array message).
+	Batch bool `json:"batch,omitempty"`
 	// GatewayEnv: settings given to the gateway for this scenario.
 	GatewayEnv []string `json:"gatewayEnv,omitempty"`
 
@@ -49,6 +52,8 @@ func scenarios(scale float64) []scenario {
 			Clients: sc(100), Watch: 1, Products: 1, Rate: 50, duration: dur(10 * time.Second)},
 		{Name: "S2", Title: "1,000 clients on 1 product, 200 changes/s",
 			Clients: sc(1000), Watch: 1, Products: 1, Rate: 200, duration: dur(10 * time.Second)},
+		{Name: "S2b", Title: "S2 with batched framing (/websocket?batch=1)",
+			Clients: sc(1000), Watch: 1, Products: 1, Rate: 200, Batch: true, duration: dur(10 * time.Second)},
 		{Name: "S3", Title: "1,000 clients × 10 random of 10,000 products, 1,000 changes/s",
 			Clients: sc(1000), Watch: 10, Products: 10000, Rate: 1000 * scale, duration: dur(10 * time.Second)},
 		{Name: "S4-base", Title: "100 clients on 1 product, 200 changes/s, ~6 KB rows (S4 without the stalled client)",
@@ -93,10 +98,14 @@ type result struct {
 
 	Writes *writeResult `json:"writes,omitempty"`
 	// Readers: the clients that read; every count is summed over them.
-	Readers          *tally.Client `json:"readers,omitempty"`
-	ReadersComplete  int           `json:"readersWithEveryVersion"`
-	ReadersConflated int           `json:"readersMissingVersions"`
-	ReadersDropped   int           `json:"readersClosedEarly"`
+	Readers *tally.Client `json:"readers,omitempty"`
+	// Messages: the WebSocket messages carrying events the readers read
+	// (fewer than the events with batched framing).
+	Messages         int64 `json:"eventMessages,omitempty"`
+	Events           int64 `json:"eventsRead,omitempty"`
+	ReadersComplete  int   `json:"readersWithEveryVersion"`
+	ReadersConflated int   `json:"readersMissingVersions"`
+	ReadersDropped   int   `json:"readersClosedEarly"`
 	// WorstReader is the account of the reader with the most missing,
 	// duplicated, stale and wasted events.
 	WorstReader   *tally.Client   `json:"worstReader,omitempty"`
@@ -150,7 +159,11 @@ func runFanout(ctx context.Context, dbs *database, sc scenario, opts runOptions,
 	// copies during the window.
 	expectFrames := int(sc.Rate*sc.duration.Seconds()*float64(sc.Watch)/float64(sc.Products)*1.1) + 16
 	var readers sync.WaitGroup
-	d := newDialer(s.wsURL(), sc.Clients)
+	wsURL := s.wsURL()
+	if sc.Batch {
+		wsURL += "?batch=1"
+	}
+	d := newDialer(wsURL, sc.Clients)
 	clients, err := connectClients(ctx, d, sc.Clients, 32, func(i int) []int64 { return watches[i] }, expectFrames, &readers)
 	defer closeClients(clients, &readers)
 	if err != nil {
@@ -226,6 +239,8 @@ func runFanout(ctx context.Context, dbs *database, sc scenario, opts runOptions,
 	res.WorstReader = &tally.Client{Missing: -1}
 	for i, c := range clients {
 		frames, gwErrors, readErr := c.result()
+		res.Messages += c.messages.Load()
+		res.Events += c.events.Load()
 		acc := tally.Account(c.watch, writes.commits, frames, lat)
 		if acc.Missing > 0 && res.MissingExample == "" {
 			res.MissingExample = missingExample(i, c.watch, writes.commits, frames)

@@ -5,7 +5,7 @@
 //   DATABASE_URL, NATS_URL, PW_TOKEN
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import net from "node:net";
 import WebSocket from "ws";
 import { ProductWatch } from "../web/productwatch.js";
@@ -198,6 +198,107 @@ test("resume after a gateway restart: what changed meanwhile arrives, by since a
   }
   await g.stop();
   await writer.stop();
+});
+
+// openTransaction starts psql on the test's database and runs sql inside a
+// transaction it leaves open (so its change log row has taken a seq but is
+// not committed); commit() commits it and ends psql.
+async function openTransaction(sql) {
+  const proc = spawn("psql", [env("DATABASE_URL"), "-X", "-q", "-v", "ON_ERROR_STOP=1"], { stdio: ["pipe", "pipe", "inherit"] });
+  let out = "";
+  proc.stdout.on("data", (d) => { out += d; });
+  const exited = new Promise((resolve) => proc.on("exit", resolve));
+  process.on("exit", () => proc.kill("SIGKILL"));
+  proc.stdin.write(`BEGIN;\n${sql};\n\\echo statement-done\n`);
+  await waitFor("psql to run the statement", () => {
+    if (proc.exitCode !== null) throw new Error(`psql exited with ${proc.exitCode}: ${out}`);
+    return out.includes("statement-done");
+  });
+  return {
+    async commit() {
+      proc.stdin.end("COMMIT;\n");
+      const code = await exited;
+      assert.equal(code, 0, `psql: ${out}`);
+    },
+  };
+}
+
+test("watch-all resume loses no late commit: a change with a lower seq than since, committed while away", async (t) => {
+  const port = await freePort();
+  let g = await startGateway(port);
+  const writer = await startGateway(await freePort());
+  const late = await rest(writer, "POST", "/products", product("committed late"));
+  const early = await rest(writer, "POST", "/products", product("committed early"));
+
+  const { pw, log } = client(g.ws);
+  t.after(() => pw.close());
+  pw.watchAll();
+  await waitFor("live", () => pw.state === "live");
+  await pw.loadAll();
+  assert.equal(version(pw, late.productId), 1);
+
+  // The late one takes its seq first, the early one a higher seq and
+  // commits; the client sees the early one, so its since passes the late
+  // one's seq.
+  const tx = await openTransaction(`UPDATE products SET units_available = 1 WHERE product_id = ${late.productId}`);
+  await rest(writer, "PATCH", `/products/${early.productId}`, { unitsAvailable: 2 });
+  await waitFor("the early change", () => version(pw, early.productId) === 2);
+  const since = pw.since;
+
+  await g.stop();
+  await waitFor("reconnecting", () => pw.state === "reconnecting");
+  await tx.commit(); // seq below since, committed while away
+  const lateSeq = Number(execFileSync("psql", [env("DATABASE_URL"), "-X", "-At", "-c",
+    `SELECT seq FROM product_changes WHERE product_id = ${late.productId} AND version = 2`]).toString().trim());
+  assert.ok(lateSeq > 0 && lateSeq < since, `the late change's seq ${lateSeq} is below the client's since ${since}`);
+  g = await startGateway(port);
+  await waitFor("live again", () => pw.state === "live");
+  await waitFor("the late commit after the resume", () => version(pw, late.productId) === 2);
+  assert.equal(pw.products.get(late.productId).product.unitsAvailable, 1);
+  assert.equal(version(pw, early.productId), 2);
+  assert.deepEqual(log.errors, []);
+  await g.stop();
+  await writer.stop();
+});
+
+test("batch: the client opens /websocket?batch=1 and applies arrays of events one by one, every version in order", async (t) => {
+  const g = await startGateway(await freePort());
+  const p = await rest(g, "POST", "/products", product("busy"));
+  const urls = [];
+  const frames = [];
+  class SpyWebSocket extends WebSocket {
+    constructor(url) {
+      super(url);
+      urls.push(url);
+      this.addEventListener("message", (e) => frames.push(String(e.data)));
+    }
+  }
+  const { pw, log } = client(g.ws, { WebSocket: SpyWebSocket, batch: true });
+  t.after(() => pw.close());
+  pw.watch([p.productId]);
+  await waitFor("the snapshot", () => version(pw, p.productId) === 1);
+  assert.equal(new URL(urls[0]).searchParams.get("batch"), "1");
+
+  // A burst: 60 updates from 4 writers at once (more would mostly wait
+  // on the row's lock, and time out on a busy machine).
+  await Promise.all(Array.from({ length: 4 }, async (_, w) => {
+    for (let i = 0; i < 15; i++) await rest(g, "PATCH", `/products/${p.productId}`, { unitsAvailable: w * 15 + i });
+  }));
+  await waitFor("every version", () => version(pw, p.productId) === 61);
+  const seen = log.changes.filter((c) => c.productId === p.productId).map((c) => c.version);
+  assert.deepEqual(seen, Array.from({ length: 61 }, (_, i) => i + 1), "every version, in order");
+  const arrays = frames.filter((f) => f.startsWith("["));
+  t.diagnostic(`${frames.length} messages for 61 versions, ${arrays.length} arrays`);
+
+  // An array message, as the gateway sends one, through the socket's own
+  // handler: each event applied in order.
+  const last = pw.products.get(p.productId);
+  const ev = (v) => ({ seq: 1000 + v, action: "UPDATE", productId: p.productId, version: v, changedAt: new Date().toISOString(), product: { ...last.product, version: v } });
+  pw.ws.onmessage({ data: JSON.stringify([ev(62), ev(63), ev(62)]) });
+  assert.equal(version(pw, p.productId), 63);
+  assert.deepEqual(log.changes.slice(-2).map((c) => c.version), [62, 63], "applied one by one; the stale one dropped");
+  assert.deepEqual(log.errors, []);
+  await g.stop();
 });
 
 test("reconnect: bounded exponential backoff with jitter, reset once live", async (t) => {

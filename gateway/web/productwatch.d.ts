@@ -102,6 +102,13 @@ export interface ProductWatchOptions {
   restURL?: string;
   /** Products per REST page in loadAll (default 500; the API allows 1–1000). */
   pageSize?: number;
+  /**
+   * Batched framing (default false): open /websocket?batch=1, so that the
+   * events waiting together at the gateway come as one JSON array message
+   * (fewer messages for a busy client). Events are applied and dispatched
+   * one by one either way.
+   */
+  batch?: boolean;
 }
 
 /**
@@ -119,7 +126,11 @@ export class ProductWatch extends EventTarget {
   readonly products: Map<number, ProductState>;
   /** The connection state. */
   readonly state: Status;
-  /** The highest change seq seen (or acknowledged): the watch-all resume point; 0 when none. */
+  /**
+   * The highest change seq seen (or acknowledged): the watch-all resume
+   * point; 0 when none. A resume from it gets every change with a higher
+   * seq, not a late commit of a lower one: see loadAll.
+   */
   readonly since: number;
   readonly url: string;
   readonly restURL: string;
@@ -136,6 +147,12 @@ export class ProductWatch extends EventTarget {
    * Read every product over REST (GET /products, following next) and apply
    * each as a SNAPSHOT; products held but no longer listed become DELETEs.
    * Call it after watchAll. Resolves to the number of products read.
+   * Once called, the client calls it again by itself (in the background;
+   * a failure is a "servererror" with code "reload_failed") after every
+   * acknowledged watch-all resume and after a resync: the resume by since
+   * cannot see a change whose transaction took a lower seq than since and
+   * committed while the client was away (seq order is not commit order),
+   * and the list read after the subscription is live covers it.
    */
   loadAll(options?: { onPage?: (products: Product[]) => void; signal?: AbortSignal }): Promise<number>;
   /** Take a change in if it is newer than what is held; dispatches "change". */

@@ -26,12 +26,23 @@
 //                forgotten: reload them).
 //   reconnect    a reconnect is scheduled: {attempt, delay, code, reason}.
 //
+// Options: minDelay, maxDelay (reconnect backoff, ms), WebSocket and fetch
+// (implementations, for Node), restURL, pageSize (loadAll's pages), batch
+// (true: open /websocket?batch=1, so that events waiting together come as
+// one JSON array message — fewer messages for a busy client; events are
+// applied one by one either way).
+//
 // Reconnects: exponential backoff with full jitter — attempt n waits a
 // random delay in [0, min(maxDelay, minDelay * 2^n)) — so a gateway's clients
 // do not all come back at once; the attempt count resets once live. On every
 // reconnect it resumes: per-product subscriptions with the versions held
 // (the gateway sends only what moved on, deletes included), watch-all with
-// since = the highest change seq seen.
+// since = the highest change seq seen. since cannot cover a change whose
+// transaction took a lower seq and committed while the client was away
+// (seq order is not commit order), so once a watch-all resume is
+// acknowledged a client that used loadAll re-reads the list in the
+// background (newest version wins; a product no longer listed becomes a
+// DELETE): every change is then in the list or arrives live.
 export class ProductWatch extends EventTarget {
   constructor(url = defaultURL(), options = {}) {
     super();
@@ -42,8 +53,10 @@ export class ProductWatch extends EventTarget {
       fetch: fetchImpl = globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined,
       restURL = restBase(url),
       pageSize = 500,
+      batch = false,
     } = options;
     this.url = url;
+    this.batch = batch;
     this.restURL = restURL;
     this.minDelay = minDelay;
     this.maxDelay = maxDelay;
@@ -61,6 +74,8 @@ export class ProductWatch extends EventTarget {
     this.stopped = false;
     this.everLive = false;
     this.loadedAll = false;
+    this.reloading = false; // a background loadAll (after a resume or a resync) is running
+    this.reloadAgain = false;
     this.generation = 0; // counts changes applied: tells a reload what moved on meanwhile
     this.commands = 0;
     this.timer = null;
@@ -165,7 +180,7 @@ export class ProductWatch extends EventTarget {
   connect() {
     if (this.stopped) return;
     this.setState(this.everLive ? "reconnecting" : "connecting");
-    const ws = new this.WebSocket(this.url);
+    const ws = new this.WebSocket(this.batch ? withBatch(this.url) : this.url);
     this.ws = ws;
     ws.onopen = () => {
       if (this.watched.size) {
@@ -187,7 +202,8 @@ export class ProductWatch extends EventTarget {
       } catch {
         return; // the gateway only sends JSON
       }
-      this.receive(m);
+      if (Array.isArray(m)) m.forEach((event) => this.receive(event)); // a batch (options.batch)
+      else this.receive(m);
     };
     ws.onerror = () => {}; // onclose follows with the code
     ws.onclose = (e) => {
@@ -219,6 +235,11 @@ export class ProductWatch extends EventTarget {
       if (m.all && m.command === "subscribe") {
         if (m.seq > this.since) this.since = m.seq;
         this.becomeLive();
+        // A resume by since cannot see a change whose transaction took a
+        // lower seq but committed while this client was away (seq order is
+        // not commit order). The subscription is live now, so the current
+        // list covers every such change: re-read it, newest version wins.
+        if (m.since !== undefined && this.loadedAll) this.reload();
       }
       return;
     }
@@ -233,7 +254,7 @@ export class ProductWatch extends EventTarget {
         this.since = 0;
         this.subscribeAll(true);
         this.dispatchEvent(new CustomEvent("resync", { detail: { all: true } }));
-        if (this.loadedAll) this.loadAll().catch((err) => this.dispatchEvent(new CustomEvent("servererror", { detail: { type: "error", code: "reload_failed", message: String(err) } })));
+        if (this.loadedAll) this.reload();
         return;
       }
       if (m.code === "resync" || m.code === "not_found") {
@@ -244,6 +265,26 @@ export class ProductWatch extends EventTarget {
     }
     if (m.type) return; // a message type this version does not know
     if (m.action) this.apply(m);
+  }
+
+  // reload re-reads the list (loadAll) in the background, one at a time: a
+  // reload asked for while one runs starts again once it ends, since the
+  // running one may have read pages before the reason for the new one.
+  reload() {
+    if (this.reloading) {
+      this.reloadAgain = true;
+      return;
+    }
+    this.reloading = true;
+    this.loadAll()
+      .catch((err) => this.dispatchEvent(new CustomEvent("servererror", { detail: { type: "error", code: "reload_failed", message: String(err) } })))
+      .finally(() => {
+        this.reloading = false;
+        if (this.reloadAgain && !this.stopped) {
+          this.reloadAgain = false;
+          this.reload();
+        }
+      });
   }
 
   isOpen() {
@@ -260,6 +301,14 @@ export class ProductWatch extends EventTarget {
     this.state = state;
     this.dispatchEvent(new CustomEvent("status", { detail: state }));
   }
+}
+
+// withBatch adds batch=1 to a /websocket URL: the gateway then sends the
+// events that wait together as one JSON array message.
+function withBatch(url) {
+  const u = new URL(url, typeof location === "undefined" ? undefined : location.href);
+  u.searchParams.set("batch", "1");
+  return u.href;
 }
 
 function defaultURL() {
