@@ -420,15 +420,7 @@ func startBenchBridge(b *testing.B, dsn string) *benchBridge {
 		b.Fatal(err)
 	}
 	cfg := runBridgeInProcess(b, dsn, nt)
-	nc, err := nats.Connect(nt.URL, nats.Name("productwatch-bench"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		b.Fatal(err)
-	}
+	_, js := testenv.ConnectJS(b, nt.URL, nats.Name("productwatch-bench"))
 	return &benchBridge{cfg: cfg, natsURL: nt.URL, metricsAddr: cfg.MetricsAddr, js: js}
 }
 

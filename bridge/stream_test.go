@@ -55,17 +55,8 @@ func natsForBridge(t testing.TB) *testenv.NATSServer {
 // may be restarted), and closes the connection when the test ends.
 func connectJS(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.Name("productwatch-bridge-test"), nats.MaxReconnects(-1),
+	return testenv.ConnectJS(t, url, nats.Name("productwatch-bridge-test"), nats.MaxReconnects(-1),
 		nats.ReconnectWait(100*time.Millisecond))
-	if err != nil {
-		t.Fatalf("connect to NATS %s: %v", url, err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return nc, js
 }
 
 // streamState returns the number of messages in PRODUCTS and its last

@@ -288,15 +288,7 @@ func newReport(name string) *report {
 func debugStream(t *testing.T, env *chaosEnv, name string, opts ...nats.Option) jetstream.JetStream {
 	t.Helper()
 	opts = append([]nats.Option{nats.UserInfo(userDebug, env.c.creds.Debug), nats.Name(name)}, opts...)
-	nc, err := nats.Connect(natsURL(env.c.st.Spec.Ports), opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := testenv.ConnectJS(t, natsURL(env.c.st.Spec.Ports), opts...)
 	return js
 }
 
