@@ -57,6 +57,21 @@ const (
 	benchCatchUpTimeout = time.Minute
 )
 
+// pgbenchWrites returns the pgbench program and the absolute path of its
+// write script (benchWriteScript), or fails the benchmark.
+func pgbenchWrites(b *testing.B) (pgbench, script string) {
+	b.Helper()
+	pgbench, err := pgserver.Tool("pgbench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	script, err = filepath.Abs(benchWriteScript)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return pgbench, script
+}
+
 // benchWriteVariant is one set-up of the write path.
 type benchWriteVariant struct {
 	name       string
@@ -122,14 +137,7 @@ var benchWriteVariants = []benchWriteVariant{
 // bridge's connections (pg_bridge_cpu_%: the log reads, the LISTEN
 // connection, the leader lock; from /proc).
 func BenchmarkBridgeWritePath(b *testing.B) {
-	pgbench, err := pgserver.Tool("pgbench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	script, err := filepath.Abs(benchWriteScript)
-	if err != nil {
-		b.Fatal(err)
-	}
+	pgbench, script := pgbenchWrites(b)
 	rates := map[string]float64{} // sub-benchmarks run one after another
 	for _, v := range benchWriteVariants {
 		b.Run(v.name, func(b *testing.B) {
@@ -412,15 +420,7 @@ func startBenchBridge(b *testing.B, dsn string) *benchBridge {
 		b.Fatal(err)
 	}
 	cfg := runBridgeInProcess(b, dsn, nt)
-	nc, err := nats.Connect(nt.URL, nats.Name("productwatch-bench"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		b.Fatal(err)
-	}
+	_, js := testenv.ConnectJS(b, nt.URL, nats.Name("productwatch-bench"))
 	return &benchBridge{cfg: cfg, natsURL: nt.URL, metricsAddr: cfg.MetricsAddr, js: js}
 }
 

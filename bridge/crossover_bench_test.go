@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/productwatch/productwatch/pkg/pgserver"
 	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
@@ -40,14 +39,7 @@ const benchCrossoverSeconds = 5
 //
 //	go test -run '^$' -bench NotifyCrossover -benchtime 1x ./bridge/
 func BenchmarkNotifyCrossover(b *testing.B) {
-	pgbench, err := pgserver.Tool("pgbench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	script, err := filepath.Abs(benchWriteScript)
-	if err != nil {
-		b.Fatal(err)
-	}
+	pgbench, script := pgbenchWrites(b)
 	for _, rate := range benchCrossoverRates {
 		name := "rate=max"
 		if rate > 0 {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"testing"
 	"time"
 )
@@ -17,17 +18,14 @@ func TestWakeupModeByRate(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 20)
 	pg, ns, js, products := f.pg, f.ns, f.js, f.products
-	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
+	b := f.startIdleBridge(t, map[string]string{
 		"WAKEUP_MAX_RATE":      "150",
 		"WAKEUP_RESUME_RATE":   "100",
 		"RATE_WINDOW":          "250ms",
 		"IDLE_AFTER":           "50ms",
 		"POLL_INTERVAL":        "1ms",
 		"SAFETY_POLL_INTERVAL": "1h",
-	}))
-	b.waitReady(t)
-	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
-	waitIdle(t, b, pg.DB)
+	})
 
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -63,22 +61,32 @@ func TestWakeupModeByRate(t *testing.T) {
 
 	// The flood: 4 writers as fast as they can, until the writers are told
 	// to stop notifying.
-	began := time.Now()
-	flooded := 0
-	for wakeupFlag(t, pg.DB) != 1 {
-		if time.Since(began) > 30*time.Second {
-			t.Fatalf("after %d changes in %v from 4 writers the bridge still asks for NOTIFY (WAKEUP_MAX_RATE 150; %s = %v)",
-				flooded, time.Since(began).Round(time.Millisecond), metricChangeRate, b.metric(metricChangeRate))
-		}
-		if err := runBurst(ctx, conns, products, 40, uint64(flooded), func(int64) {}); err != nil {
-			t.Fatal(err)
-		}
-		flooded += 40
-	}
-	t.Logf("flood: writers told to stop notifying after %d changes, %v", flooded, time.Since(began).Round(time.Millisecond))
+	flooded, took := floodUntilNotifyOff(t, ctx, b, pg.DB, conns, products, 40, metricChangeRate)
+	t.Logf("flood: writers told to stop notifying after %d changes, %v", flooded, took.Round(time.Millisecond))
 	// And back to wake-ups once they stop.
 	waitIdle(t, b, pg.DB)
 	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
+}
+
+// floodUntilNotifyOff writes bursts of per changes over conns, as fast as
+// they go, until the bridge tells the writers to stop notifying, and returns
+// how many changes that took and how long. It fails the test after 30 s,
+// reporting the bridge's metric.
+func floodUntilNotifyOff(t *testing.T, ctx context.Context, b *bridgeProc, db *sql.DB, conns []*sql.Conn, products []int64, per int, metric string) (int, time.Duration) {
+	t.Helper()
+	began := time.Now()
+	written := 0
+	for wakeupFlag(t, db) != 1 {
+		if time.Since(began) > 30*time.Second {
+			t.Fatalf("after %d changes in %v from %d writers the bridge still asks for NOTIFY (%s = %v)",
+				written, time.Since(began).Round(time.Millisecond), len(conns), metric, b.metric(metric))
+		}
+		if err := runBurst(ctx, conns, products, per, uint64(written), func(int64) {}); err != nil {
+			t.Fatal(err)
+		}
+		written += per
+	}
+	return written, time.Since(began)
 }
 
 // Metrics the rate test reads.
@@ -96,34 +104,22 @@ func TestWakeupEndsWhenWritersQueueOnNotify(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 50)
 	pg, ns, js, products := f.pg, f.ns, f.js, f.products
-	b := startBridge(t, bridgeEnv(pg.DSN, ns, map[string]string{
+	b := f.startBridge(t, map[string]string{
 		"WAKEUP_MAX_RATE":      "1000000000",
 		"WAKEUP_RESUME_RATE":   "0",
 		"WAKEUP_MAX_WAITERS":   "3",
 		"SAFETY_POLL_INTERVAL": "1h",
-	}))
-	b.waitReady(t)
+	})
 	waitIdle(t, b, pg.DB)
 
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	conns := sessions(t, ctx, pg.DB, 8)
-	began := time.Now()
-	written := 0
-	for wakeupFlag(t, pg.DB) != 1 {
-		if time.Since(began) > 30*time.Second {
-			t.Fatalf("after %d changes in %v from 8 writers the bridge still asks for NOTIFY (%s = %v)",
-				written, time.Since(began).Round(time.Millisecond), metricNotifyThrottled, b.metric(metricNotifyThrottled))
-		}
-		if err := runBurst(ctx, conns, products, 80, uint64(written), func(int64) {}); err != nil {
-			t.Fatal(err)
-		}
-		written += 80
-	}
+	written, took := floodUntilNotifyOff(t, ctx, b, pg.DB, conns, products, 80, metricNotifyThrottled)
 	if got := b.metric(metricNotifyThrottled); !(got >= 1) {
 		t.Errorf("NOTIFY switched off, but %s = %v: not because of the queue", metricNotifyThrottled, got)
 	}
-	t.Logf("writers told to stop notifying after %d changes, %v", written, time.Since(began).Round(time.Millisecond))
+	t.Logf("writers told to stop notifying after %d changes, %v", written, took.Round(time.Millisecond))
 	waitIdle(t, b, pg.DB)
 	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
 }

@@ -11,7 +11,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -23,6 +22,7 @@ import (
 	"github.com/productwatch/productwatch/pkg/broker"
 	"github.com/productwatch/productwatch/pkg/change"
 	"github.com/productwatch/productwatch/pkg/pgserver"
+	"github.com/productwatch/productwatch/pkg/pgserver/pgservertest"
 	"github.com/productwatch/productwatch/pkg/schema"
 	"github.com/productwatch/productwatch/pkg/testenv"
 )
@@ -250,11 +250,9 @@ func TestListenerKilled(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 50)
 	pg, ns, js, products := f.pg, f.ns, f.js, f.products
-	b := f.startBridge(t, noSafetyPoll)
-	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
+	b := f.startIdleBridge(t, noSafetyPoll)
 
 	// Idle.
-	waitIdle(t, b, pg.DB)
 	pid := killListener(t, pg.DB, 0)
 	updateProduct(t, pg.DB, products[0]) // while the listener is gone
 	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
@@ -284,23 +282,9 @@ func TestListenerKilled(t *testing.T) {
 // the stream.
 func TestPostgresRestarted(t *testing.T) {
 	t.Parallel()
-	server := startPrivatePG(t)
-	dsn := server.cluster.DSN("postgres")
-	db, err := sql.Open("postgres", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	if _, err := schema.Migrate(ctx, db, nil); err != nil {
-		t.Fatalf("migrate the private cluster: %v", err)
-	}
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := testenv.SeedProducts(t, db, 100)
-	b := startBridge(t, bridgeEnv(dsn, ns, nil))
-	b.waitReady(t)
+	server, f := newPrivateFixture(t, 100)
+	db, ns, js, products := f.pg.DB, f.ns, f.js, f.products
+	b := f.startBridge(t, nil)
 
 	w := startWriters(t, db, writeLoad{Writers: 8, Total: 100_000, Products: products, Timeout: 2 * time.Minute, TolerateErrors: true})
 	w.waitCommitted(t, 1000)
@@ -327,6 +311,28 @@ func TestPostgresRestarted(t *testing.T) {
 	waitAllPublished(t, ns.URL, js, db, catchUpTimeout)
 }
 
+// newPrivateFixture starts a private cluster (startPrivatePG), migrates its
+// postgres database and sets up a fixture on it with n seeded products.
+func newPrivateFixture(t *testing.T, n int) (*privatePG, *fixture) {
+	t.Helper()
+	server := startPrivatePG(t)
+	dsn := server.cluster.DSN("postgres")
+	db, err := sql.Open("postgres", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	if _, err := schema.Migrate(ctx, db, nil); err != nil {
+		t.Fatalf("migrate the private cluster: %v", err)
+	}
+	f := &fixture{pg: &testenv.PG{DSN: dsn, Name: "postgres", DB: db}, ns: natsForBridge(t)}
+	_, f.js = connectJS(t, f.ns.URL)
+	f.products = testenv.SeedProducts(t, db, n)
+	return server, f
+}
+
 // privatePG is a PostgreSQL cluster of one test's own, which it may stop and
 // start again on the same port and data.
 type privatePG struct {
@@ -343,20 +349,7 @@ func startPrivatePG(t *testing.T) *privatePG {
 		// server of the test's own to stop and start.
 		t.Skipf("needs a private PostgreSQL cluster: %v", err)
 	}
-	// os.MkdirTemp, not t.TempDir: its 0700 would keep the server's user out
-	// when the tests run as root; 0711 lets it through (as pkg/testenv does).
-	parent, err := os.MkdirTemp("", "pwtest-bridge-pg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := os.RemoveAll(parent); err != nil {
-			t.Errorf("remove %s: %v", parent, err)
-		}
-	})
-	if err := os.Chmod(parent, 0o711); err != nil {
-		t.Fatal(err)
-	}
+	parent := pgservertest.Parent(t, "pwtest-bridge-pg-")
 	p := &privatePG{opts: pgserver.Options{
 		Dir:    filepath.Join(parent, "data"),
 		Logger: testenv.Logger(t),
@@ -366,6 +359,7 @@ func startPrivatePG(t *testing.T) *privatePG {
 	}}
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
+	var err error
 	if p.cluster, err = pgserver.StartPrivate(ctx, p.opts); err != nil {
 		t.Fatalf("private cluster: %v", err)
 	}
@@ -536,9 +530,7 @@ func TestLargeChange(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 20)
 	pg, ns, js, products := f.pg, f.ns, f.js, f.products
-	b := f.startBridge(t, noSafetyPoll)
-	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
-	waitIdle(t, b, pg.DB)
+	f.startIdleBridge(t, noSafetyPoll)
 
 	var id int64
 	if err := pg.DB.QueryRowContext(t.Context(), insertProduct,
@@ -583,23 +575,11 @@ func TestLargeChange(t *testing.T) {
 // completes with a later id than B's would hide the case.
 func TestSeqOrderIsNotXidOrder(t *testing.T) {
 	t.Parallel()
-	server := startPrivatePG(t)
-	dsn := server.cluster.DSN("postgres")
-	db, err := sql.Open("postgres", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	_, f := newPrivateFixture(t, 2)
+	db, ns, js, products := f.pg.DB, f.ns, f.js, f.products
+	f.startBridge(t, nil)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	if _, err := schema.Migrate(ctx, db, nil); err != nil {
-		t.Fatalf("migrate the private cluster: %v", err)
-	}
-	ns := natsForBridge(t)
-	_, js := connectJS(t, ns.URL)
-	products := testenv.SeedProducts(t, db, 2)
-	b := startBridge(t, bridgeEnv(dsn, ns, nil))
-	b.waitReady(t)
 
 	for round := range 3 {
 		waitAllPublished(t, ns.URL, js, db, catchUpTimeout)

@@ -141,8 +141,18 @@ func (r *relay) next(ctx context.Context, n int, snap snapshot) (string, error) 
 	rate := r.rate.estimate(now)
 	r.metrics.changeRate.Set(rate)
 	backlog := n >= r.cfg.batchSize // more is waiting: read again at once
-	switch r.mode {
-	case modeFlowing:
+	switch {
+	case r.mode != modeFlowing && n > 0 && r.tooFastForNotify(now, rate, snap):
+		// Writers notify (switching or idle), but changes come fast enough
+		// for NOTIFY to cost them more than reading continuously costs the
+		// bridge.
+		if err := r.setMode(ctx, modeFlowing); err != nil {
+			return "", err
+		}
+		if backlog {
+			return "flowing", nil
+		}
+	case r.mode == modeFlowing:
 		if backlog {
 			return "flowing", nil
 		}
@@ -154,16 +164,7 @@ func (r *relay) next(ctx context.Context, n int, snap snapshot) (string, error) 
 			}
 			return "switching", nil
 		}
-	case modeSwitching:
-		if n > 0 && r.tooFastForNotify(now, rate, snap) {
-			if err := r.setMode(ctx, modeFlowing); err != nil {
-				return "", err
-			}
-			if backlog {
-				return "flowing", nil
-			}
-			break
-		}
+	case r.mode == modeSwitching:
 		if backlog {
 			return "switching", nil
 		}
@@ -176,18 +177,7 @@ func (r *relay) next(ctx context.Context, n int, snap snapshot) (string, error) 
 			}
 			return r.waitWakeup(ctx)
 		}
-	case modeIdle:
-		if n > 0 && r.tooFastForNotify(now, rate, snap) {
-			// Changes come fast enough for NOTIFY to cost the writers
-			// more than reading continuously costs the bridge.
-			if err := r.setMode(ctx, modeFlowing); err != nil {
-				return "", err
-			}
-			if backlog {
-				return "flowing", nil
-			}
-			break
-		}
+	case r.mode == modeIdle:
 		if backlog {
 			// A large transaction, not a high rate: read on, stay idle.
 			return "backlog", nil

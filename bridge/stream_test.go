@@ -55,17 +55,8 @@ func natsForBridge(t testing.TB) *testenv.NATSServer {
 // may be restarted), and closes the connection when the test ends.
 func connectJS(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.Name("productwatch-bridge-test"), nats.MaxReconnects(-1),
+	return testenv.ConnectJS(t, url, nats.Name("productwatch-bridge-test"), nats.MaxReconnects(-1),
 		nats.ReconnectWait(100*time.Millisecond))
-	if err != nil {
-		t.Fatalf("connect to NATS %s: %v", url, err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return nc, js
 }
 
 // streamState returns the number of messages in PRODUCTS and its last
@@ -199,6 +190,16 @@ func newFixture(t testing.TB, n int) *fixture {
 	_, f.js = connectJS(t, f.ns.URL)
 	f.products = testenv.SeedProducts(t, f.pg.DB, n)
 	return f
+}
+
+// startIdleBridge starts a bridge like startBridge and waits until it has
+// published every change made so far and is idle (waiting for wake-ups).
+func (f *fixture) startIdleBridge(t testing.TB, extra map[string]string) *bridgeProc {
+	t.Helper()
+	b := f.startBridge(t, extra)
+	waitAllPublished(t, f.ns.URL, f.js, f.pg.DB, wakeupBound)
+	waitIdle(t, b, f.pg.DB)
+	return b
 }
 
 // startBridge starts a bridge on the fixture's database and NATS server,

@@ -350,15 +350,7 @@ func TestVerifyStreamEmpty(t *testing.T) {
 	testenv.SeedProducts(t, pg.DB, 1)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	nc, err := nats.Connect(ns.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := connectJS(t, ns.URL)
 	msgs, err := readStream(ctx, js)
 	if err != nil {
 		t.Fatal(err)

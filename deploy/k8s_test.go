@@ -160,20 +160,11 @@ func only[T any](t *testing.T, objs k8sObjects, name string) *T {
 	return found[0]
 }
 
+// objectName returns the name of a Kubernetes object (every kind embeds
+// ObjectMeta, whose GetName it promotes), or "" for anything else.
 func objectName(o any) string {
-	switch v := o.(type) {
-	case *appsv1.Deployment:
-		return v.Name
-	case *corev1.Service:
-		return v.Name
-	case *corev1.Secret:
-		return v.Name
-	case *autoscalingv2.HorizontalPodAutoscaler:
-		return v.Name
-	case *policyv1.PodDisruptionBudget:
-		return v.Name
-	case *networkingv1.Ingress:
-		return v.Name
+	if named, ok := o.(interface{ GetName() string }); ok {
+		return named.GetName()
 	}
 	return ""
 }

@@ -213,23 +213,93 @@ func finish(t *testing.T, env *chaosEnv, f *fleet, w *writer, r *report, start t
 	}
 }
 
+// loadSpec is the load a chaos test runs while it breaks something: the
+// products it creates, the clients watching them, and the writer changing
+// them at workers × perWorker per second for at most duration.
+type loadSpec struct {
+	products, clients int
+	rest              bool // write through the REST API behind haproxy; false: SQL
+	workers           int
+	perWorker         float64
+	duration          time.Duration
+	warmup            int64  // changes committed before startLoad returns
+	warmupWhat        string // what the wait for them is called
+}
+
+// chaosLoad is a cluster of 3 gateways under a loadSpec's load.
+type chaosLoad struct {
+	env      *chaosEnv
+	start    time.Time
+	products []int64
+	f        *fleet
+	w        *writer
+	cancel   context.CancelFunc // ends the writes early; called at cleanup
+	load     sync.WaitGroup
+}
+
+// startLoad starts a cluster of 3 gateways, its products, clients and
+// writer, and waits until the writer has committed spec.warmup changes.
+func startLoad(t *testing.T, spec loadSpec) *chaosLoad {
+	t.Helper()
+	l := &chaosLoad{env: startCluster(t, 3), start: time.Now()}
+	l.products = createProducts(t, l.env.db, spec.products)
+	l.f = startFleet(t, l.env, spec.clients, 10, l.products)
+	l.w = &writer{products: l.products}
+	if spec.rest {
+		l.w.rest = l.env.rest
+	} else {
+		l.w.db = l.env.db
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	l.cancel = cancel
+	t.Cleanup(cancel)
+	l.load.Go(func() { l.w.run(ctx, spec.workers, spec.perWorker, spec.duration) })
+	testenv.WaitUntil(t, 10*time.Second, spec.warmupWhat, func() bool { return l.w.ok.Load() > spec.warmup })
+	return l
+}
+
+// finish waits for the writer to end (call cancel first to end it early)
+// and checks the clients of f and the stream (see the function finish).
+func (l *chaosLoad) finish(t *testing.T, f *fleet, r *report) {
+	t.Helper()
+	l.load.Wait()
+	finish(t, l.env, f, l.w, r, l.start)
+}
+
+// burst is the load of the bridge and NATS kills: 200 products, 100
+// clients, 16 SQL writers at up to 100 changes a second each for 10 s.
+var burst = loadSpec{products: 200, clients: 100, workers: 16, perWorker: 100, duration: 10 * time.Second,
+	warmup: 1000, warmupWhat: "the burst to start"}
+
+// restLoad is the load of the gateway restarts: 100 products, n clients,
+// 8 REST writers at up to 12 changes a second each, until the test ends it.
+func restLoad(clients int) loadSpec {
+	return loadSpec{products: 100, clients: clients, rest: true, workers: 8, perWorker: 12, duration: 5 * time.Minute,
+		warmup: 100, warmupWhat: "the first writes"}
+}
+
+// newReport starts the report of the chaos test name.
+func newReport(name string) *report {
+	return &report{name: name, recovery: map[string]time.Duration{}}
+}
+
+// debugStream connects to the cluster as the read-only debug user (the
+// connection closes at cleanup) and returns its JetStream context.
+func debugStream(t *testing.T, env *chaosEnv, name string, opts ...nats.Option) jetstream.JetStream {
+	t.Helper()
+	opts = append([]nats.Option{nats.UserInfo(userDebug, env.c.creds.Debug), nats.Name(name)}, opts...)
+	_, js := testenv.ConnectJS(t, natsURL(env.c.st.Spec.Ports), opts...)
+	return js
+}
+
 // TestChaosGatewayKill: kill -9 of one gateway with 300 clients connected
 // through haproxy. Every client of that gateway reconnects to another one,
 // resumes with its versions, and every client ends with every product's
 // final version; none sees a stale version.
 func TestChaosGatewayKill(t *testing.T) {
-	env := startCluster(t, 3)
-	start := time.Now()
-	products := createProducts(t, env.db, 100)
-	f := startFleet(t, env, 300, 10, products)
-
-	w := &writer{products: products, rest: env.rest}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var load sync.WaitGroup
-	load.Go(func() { w.run(ctx, 8, 12, 15*time.Second) })
-
-	testenv.WaitUntil(t, 10*time.Second, "the first writes", func() bool { return w.ok.Load() > 100 })
+	l := startLoad(t, loadSpec{products: 100, clients: 300, rest: true, workers: 8, perWorker: 12, duration: 15 * time.Second,
+		warmup: 100, warmupWhat: "the first writes"})
+	env, f := l.env, l.f
 	victim := env.c.gateway(2)
 	onVictim := f.clientsOn(gatewayServerName(2))
 	if len(onVictim) == 0 {
@@ -239,7 +309,7 @@ func TestChaosGatewayKill(t *testing.T) {
 	if err := victim.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	r := &report{name: fmt.Sprintf("kill -9 gateway 2 (%d of 300 clients on it), 3 gateways", len(onVictim)), recovery: map[string]time.Duration{}}
+	r := newReport(fmt.Sprintf("kill -9 gateway 2 (%d of 300 clients on it), 3 gateways", len(onVictim)))
 	testenv.WaitUntil(t, 60*time.Second, "the dropped clients to lose their connection", func() bool { return f.connectedCount() < 300 })
 	testenv.WaitUntil(t, 60*time.Second, "every client to reconnect", func() bool { return f.connectedCount() == 300 })
 	r.recovery["every client subscribed again (from the kill)"] = time.Since(killed)
@@ -251,25 +321,15 @@ func TestChaosGatewayKill(t *testing.T) {
 		c.mu.Unlock()
 	}
 	t.Logf("after the kill, per gateway: %v", f.byGateway())
-	load.Wait()
-	finish(t, env, f, w, r, start)
+	l.finish(t, f, r)
 }
 
 // TestChaosBridgeKill: kill -9 of the leading bridge during a write burst.
 // The other takes over; nothing is missing in the stream, nothing is there
 // twice, and the clients end with every final version.
 func TestChaosBridgeKill(t *testing.T) {
-	env := startCluster(t, 3)
-	start := time.Now()
-	products := createProducts(t, env.db, 200)
-	f := startFleet(t, env, 100, 10, products)
-
-	w := &writer{products: products, db: env.db}
-	var load sync.WaitGroup
-	load.Go(func() { w.run(context.Background(), 16, 100, 10*time.Second) })
-
-	ctx := context.Background()
-	testenv.WaitUntil(t, 10*time.Second, "the burst to start", func() bool { return w.ok.Load() > 1000 })
+	l := startLoad(t, burst)
+	env, ctx := l.env, context.Background()
 	leader := 0
 	testenv.WaitUntil(t, 10*time.Second, "a leading bridge", func() bool { leader = env.c.leaderBridge(ctx); return leader != 0 })
 	var victim *Member
@@ -282,34 +342,21 @@ func TestChaosBridgeKill(t *testing.T) {
 	if err := victim.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	r := &report{name: fmt.Sprintf("kill -9 the leading bridge %d during a write burst", leader), recovery: map[string]time.Duration{}}
+	r := newReport(fmt.Sprintf("kill -9 the leading bridge %d during a write burst", leader))
 	testenv.WaitUntil(t, 30*time.Second, "the other bridge to lead", func() bool {
 		l := env.c.leaderBridge(ctx)
 		return l != 0 && l != leader
 	})
 	r.recovery["the other bridge leads (from the kill)"] = time.Since(killed)
-	load.Wait()
-	finish(t, env, f, w, r, start)
+	l.finish(t, l.f, r)
 }
 
 // TestChaosNATSNodeKill: kill -9 of the NATS node leading the PRODUCTS
 // stream during a burst: nothing missing.
 func TestChaosNATSNodeKill(t *testing.T) {
-	env := startCluster(t, 3)
-	start := time.Now()
-	products := createProducts(t, env.db, 200)
-	f := startFleet(t, env, 100, 10, products)
-
-	nc, err := nats.Connect(natsURL(env.c.st.Spec.Ports), nats.UserInfo(userDebug, env.c.creds.Debug), nats.Name("chaos-observer"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
+	l := startLoad(t, burst)
+	env, ctx := l.env, context.Background()
+	js := debugStream(t, env, "chaos-observer")
 	streamInfo := func() *jetstream.StreamInfo {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
@@ -324,10 +371,6 @@ func TestChaosNATSNodeKill(t *testing.T) {
 		return info
 	}
 
-	w := &writer{products: products, db: env.db}
-	var load sync.WaitGroup
-	load.Go(func() { w.run(ctx, 16, 100, 10*time.Second) })
-	testenv.WaitUntil(t, 10*time.Second, "the burst to start", func() bool { return w.ok.Load() > 1000 })
 	info := streamInfo()
 	if info == nil || info.Cluster == nil || info.Cluster.Leader == "" {
 		t.Fatalf("no stream leader: %+v", info)
@@ -346,14 +389,13 @@ func TestChaosNATSNodeKill(t *testing.T) {
 	if err := victim.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	r := &report{name: fmt.Sprintf("kill -9 NATS node %s (the stream leader) during a write burst", info.Cluster.Leader), recovery: map[string]time.Duration{}}
+	r := newReport(fmt.Sprintf("kill -9 NATS node %s (the stream leader) during a write burst", info.Cluster.Leader))
 	testenv.WaitUntil(t, 60*time.Second, "a new stream leader that stores new changes", func() bool {
 		i := streamInfo()
 		return i != nil && i.Cluster != nil && i.Cluster.Leader != "" && i.Cluster.Leader != victim.Name[len("nats-"):] && i.State.LastSeq > lastBefore+100
 	})
 	r.recovery["the stream stores changes again under a new leader (from the kill)"] = time.Since(killed)
-	load.Wait()
-	finish(t, env, f, w, r, start)
+	l.finish(t, l.f, r)
 	// The killed node comes back and catches up: every replica current,
 	// none behind.
 	restarted := time.Now()
@@ -382,19 +424,9 @@ func TestChaosNATSNodeKill(t *testing.T) {
 // (drain, stop, start, healthy in haproxy) under load; nothing missing, and
 // the longest time any client was without a connection is reported.
 func TestChaosRollingRestart(t *testing.T) {
-	env := startCluster(t, 3)
-	start := time.Now()
-	products := createProducts(t, env.db, 100)
-	f := startFleet(t, env, 300, 10, products)
-
-	w := &writer{products: products, rest: env.rest}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var load sync.WaitGroup
-	load.Go(func() { w.run(ctx, 8, 12, 5*time.Minute) })
-	testenv.WaitUntil(t, 10*time.Second, "the first writes", func() bool { return w.ok.Load() > 100 })
-
-	r := &report{name: "rolling restart of the 3 gateways (drain window 2s)", recovery: map[string]time.Duration{}}
+	l := startLoad(t, restLoad(300))
+	env, f, ctx := l.env, l.f, context.Background()
+	r := newReport("rolling restart of the 3 gateways (drain window 2s)")
 	rollStart := time.Now()
 	for _, i := range env.c.gatewayIndexes() {
 		t0 := time.Now()
@@ -410,34 +442,23 @@ func TestChaosRollingRestart(t *testing.T) {
 		t.Logf("%d connections closed by a draining gateway with 1001", n)
 	}
 	testenv.WaitUntil(t, 60*time.Second, "every client to be subscribed", func() bool { return f.connectedCount() == 300 })
-	cancel()
-	load.Wait()
-	finish(t, env, f, w, r, start)
+	l.cancel()
+	l.finish(t, f, r)
 }
 
 // TestChaosScale: gateways scaled 3 -> 5 -> 2 while clients run: nothing
 // missing.
 func TestChaosScale(t *testing.T) {
-	env := startCluster(t, 3)
-	start := time.Now()
-	products := createProducts(t, env.db, 100)
-	f := startFleet(t, env, 200, 10, products)
-
-	w := &writer{products: products, rest: env.rest}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var load sync.WaitGroup
-	load.Go(func() { w.run(ctx, 8, 12, 5*time.Minute) })
-	testenv.WaitUntil(t, 10*time.Second, "the first writes", func() bool { return w.ok.Load() > 100 })
-
-	r := &report{name: "scale gateways 3 -> 5 -> 2 (drain window 2s)", recovery: map[string]time.Duration{}}
+	l := startLoad(t, restLoad(200))
+	env, f, ctx := l.env, l.f, context.Background()
+	r := newReport("scale gateways 3 -> 5 -> 2 (drain window 2s)")
 	t0 := time.Now()
 	if err := env.c.scale(ctx, 5); err != nil {
 		t.Fatal(err)
 	}
 	r.recovery["scale 3 -> 5"] = time.Since(t0)
 	// New clients land on the new gateways (least connections).
-	extra := startFleet(t, env, 50, 10, products)
+	extra := startFleet(t, env, 50, 10, l.products)
 	t.Logf("with 5 gateways, new clients per gateway: %v", extra.byGateway())
 	t0 = time.Now()
 	if err := env.c.scale(ctx, 2); err != nil {
@@ -451,10 +472,9 @@ func TestChaosScale(t *testing.T) {
 	if goingAway(f)+goingAway(extra) == 0 {
 		t.Error("no connection was closed with 1001 while three gateways drained")
 	}
-	cancel()
-	load.Wait()
+	l.cancel()
 	all := &fleet{clients: append(append([]*wsClient{}, f.clients...), extra.clients...)}
-	finish(t, env, all, w, r, start)
+	l.finish(t, all, r)
 }
 
 // TestCookbook runs the nats CLI cookbook against a cluster, as

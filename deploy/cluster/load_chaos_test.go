@@ -491,18 +491,10 @@ func productVersions(t *testing.T, db *sql.DB) map[int64]int64 {
 // change log: every seq once, nothing else.
 func verifyStream(t *testing.T, env *chaosEnv, r *report) {
 	t.Helper()
-	nc, err := nats.Connect(natsURL(env.c.st.Spec.Ports), nats.UserInfo(userDebug, env.c.creds.Debug), nats.Name("chaos-verify"),
+	js := debugStream(t, env, "chaos-verify",
 		// The ordered consumer deletes its consumer when it is done; the
 		// debug user may not delete (the server removes it when idle).
 		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	stream, err := js.Stream(ctx, "PRODUCTS")

@@ -97,23 +97,24 @@ func (p *Probes) LiveHandler() http.Handler {
 func (p *Probes) TerseReadyHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		res, ready := p.Ready(r.Context())
-		status := http.StatusOK
-		if !ready {
-			status = http.StatusServiceUnavailable
-		}
-		writeJSON(w, status, map[string]string{"status": res.Status})
+		writeJSON(w, readyStatus(ready), map[string]string{"status": res.Status})
 	})
+}
+
+// readyStatus is the HTTP status of a readiness answer: 200 when ready, 503
+// otherwise.
+func readyStatus(ready bool) int {
+	if ready {
+		return http.StatusOK
+	}
+	return http.StatusServiceUnavailable
 }
 
 // ReadyHandler answers 200 with the checks when ready, 503 otherwise.
 func (p *Probes) ReadyHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		res, ready := p.Ready(r.Context())
-		status := http.StatusOK
-		if !ready {
-			status = http.StatusServiceUnavailable
-		}
-		writeJSON(w, status, res)
+		writeJSON(w, readyStatus(ready), res)
 	})
 }
 

@@ -13,32 +13,14 @@ import (
 	"time"
 
 	"github.com/lib/pq"
+
+	"github.com/productwatch/productwatch/pkg/pgserver/pgservertest"
 )
 
 // testLogger logs warnings and errors to stderr: enough to explain a failure
 // without drowning a passing run.
 func testLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-// clusterParent returns a fresh directory to create cluster directories in.
-// It is mode 0711, not t.TempDir's 0700, so that the unprivileged user the
-// server runs as when the tests run as root can traverse it.
-func clusterParent(t *testing.T) string {
-	t.Helper()
-	parent, err := os.MkdirTemp("", "pgserver-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := os.RemoveAll(parent); err != nil {
-			t.Errorf("remove %s: %v", parent, err)
-		}
-	})
-	if err := os.Chmod(parent, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	return parent
 }
 
 // stopOnCleanup stops c when the test ends, should it fail before doing so.
@@ -71,7 +53,7 @@ func TestStartPrivate(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	dir := filepath.Join(clusterParent(t), "data")
+	dir := filepath.Join(pgservertest.Parent(t, "pgserver-test-"), "data")
 	opts := Options{
 		Dir:      dir,
 		Logger:   testLogger(),
@@ -167,7 +149,7 @@ func TestResolvePrivate(t *testing.T) {
 	defer cancel()
 	unreachable := "postgres://postgres@127.0.0.1:" + strconv.Itoa(closedPort(t)) + "/postgres?sslmode=disable"
 
-	dsn, cluster, err := resolve(ctx, filepath.Join(clusterParent(t), "data"), testLogger(),
+	dsn, cluster, err := resolve(ctx, filepath.Join(pgservertest.Parent(t, "pgserver-test-"), "data"), testLogger(),
 		func(string) string { return "" }, unreachable)
 	if err != nil {
 		t.Fatalf("resolve: %v", err)

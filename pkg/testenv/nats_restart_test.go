@@ -24,15 +24,7 @@ func TestNATSRestart(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	nc, err := nats.Connect(ns.URL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := ConnectJS(t, ns.URL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "RESTART", Subjects: []string{"restart.*"}, Storage: jetstream.FileStorage})
 	if err != nil {
 		t.Fatal(err)

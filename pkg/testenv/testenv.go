@@ -57,6 +57,7 @@ import (
 	"github.com/lib/pq"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/productwatch/productwatch/pkg/broker"
 	"github.com/productwatch/productwatch/pkg/pgserver"
@@ -289,6 +290,24 @@ func (n *NATSServer) Connect(t testing.TB, creds broker.Credentials, opts ...nat
 	}
 	t.Cleanup(nc.Close)
 	return nc
+}
+
+// ConnectJS connects to the NATS server at url with opts (any server: an
+// embedded one, NATS_URL's, a cluster's), closes the connection when the
+// test ends, and returns it with a JetStream context on it. It fails the
+// test when either fails.
+func ConnectJS(t testing.TB, url string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		t.Fatalf("testenv: connect to %s: %v", url, err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("testenv: JetStream on %s: %v", url, err)
+	}
+	return nc, js
 }
 
 // randomPassword returns a random password (crypto/rand.Text: 26 base32

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/productwatch/productwatch/pkg/pgserver"
@@ -164,15 +163,7 @@ func TestNATS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 
-	nc, err := nats.Connect(ns.URL)
-	if err != nil {
-		t.Fatalf("connect to %s: %v", ns.URL, err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := ConnectJS(t, ns.URL)
 	// A name of its own, in case NATS_URL makes tests share a server.
 	streamName := strings.ToUpper(uniqueName())
 	subject := strings.ToLower(streamName) + ".product"
