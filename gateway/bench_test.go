@@ -35,7 +35,7 @@ func BenchmarkPutProduct(b *testing.B) {
 				b.Fatal(err)
 			}
 			cfg.APIToken = testToken
-			db, err := openDB(pg.DSN) // the gateway's own pool settings
+			db, err := openDB(pg.DSN, defaultDBMaxConns) // the gateway's own pool settings
 			if err != nil {
 				b.Fatal(err)
 			}

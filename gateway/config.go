@@ -43,6 +43,7 @@ type Config struct {
 	ReadyTimeout       time.Duration // READY_TIMEOUT: each readiness probe's deadline
 	DBStatementTimeout time.Duration // DB_STATEMENT_TIMEOUT: statement_timeout of the pool's sessions; 0: the server's
 	DBLockTimeout      time.Duration // DB_LOCK_TIMEOUT: lock_timeout of the pool's sessions; 0: the server's
+	DBMaxConns         int           // DB_MAX_CONNS: PostgreSQL connections of the gateway's pool at most
 
 	WSReadLimit        int64         // WS_READ_LIMIT: largest frame a client may send
 	WSMaxIDsPerCommand int           // WS_MAX_IDS_PER_COMMAND
@@ -99,6 +100,7 @@ func loadConfig(args []string) (Config, error) {
 	set.Duration(&cfg.BodyReadTimeout, "body-read-timeout", "BODY_READ_TIMEOUT", 5*time.Second, "a request body must arrive within this (else 400)")
 	set.Duration(&cfg.HeaderReadTimeout, "header-read-timeout", "HEADER_READ_TIMEOUT", 10*time.Second, "a request's headers must arrive within this, else the connection is closed (slowloris)")
 	set.Duration(&cfg.ReadyTimeout, "ready-timeout", "READY_TIMEOUT", 2*time.Second, "each readiness probe (database, migrations, NATS) must answer within this")
+	set.Int(&cfg.DBMaxConns, "db-max-conns", "DB_MAX_CONNS", defaultDBMaxConns, "PostgreSQL connections the gateway's pool opens at most (gateways x this + bridges x 8 must stay under the server's max_connections)")
 	set.Duration(&cfg.DBStatementTimeout, "db-statement-timeout", "DB_STATEMENT_TIMEOUT", 15*time.Second, "PostgreSQL statement_timeout of the gateway's sessions; 0: the server's setting")
 	set.Duration(&cfg.DBLockTimeout, "db-lock-timeout", "DB_LOCK_TIMEOUT", 5*time.Second, "PostgreSQL lock_timeout of the gateway's sessions; 0: the server's setting")
 	set.Duration(&cfg.WSCatchUpTimeout, "ws-catchup-timeout", "WS_CATCHUP_TIMEOUT", 5*time.Second, "a snapshot or resume read gets this long, then the client gets an unavailable error (it stays connected)")
@@ -177,6 +179,8 @@ func (cfg Config) validate() error {
 		return errors.New("WS_WRITE_TIMEOUT, WS_PING_INTERVAL and WS_SLOW_CLIENT_AFTER must be positive")
 	case cfg.RequestTimeout <= 0 || cfg.BodyReadTimeout <= 0 || cfg.HeaderReadTimeout <= 0 || cfg.ReadyTimeout <= 0 || cfg.WSCatchUpTimeout <= 0:
 		return errors.New("REQUEST_TIMEOUT, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, READY_TIMEOUT and WS_CATCHUP_TIMEOUT must be positive")
+	case cfg.DBMaxConns < 1:
+		return fmt.Errorf("DB_MAX_CONNS %d must be at least 1", cfg.DBMaxConns)
 	case cfg.DBStatementTimeout < 0 || cfg.DBLockTimeout < 0:
 		return errors.New("DB_STATEMENT_TIMEOUT and DB_LOCK_TIMEOUT must not be negative (0: the server's setting)")
 	case cfg.WSMaxConnectionsPerAddr < 1 || cfg.WSMaxSubscriptionsPerAddr < 1 || cfg.WSMaxTotalSubscriptions < 1 || cfg.WSMaxNATSInterests < 1:

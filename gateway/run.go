@@ -119,7 +119,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if cfg.APIToken == "" {
 		logger.Warn("API_TOKEN is not set: writes (POST, PUT, PATCH, DELETE) are disabled and answer 401")
 	}
-	db, err := openDB(cfg.DatabaseURL, postgres.WithStatementTimeout(cfg.DBStatementTimeout), postgres.WithLockTimeout(cfg.DBLockTimeout))
+	db, err := openDB(cfg.DatabaseURL, cfg.DBMaxConns, postgres.WithStatementTimeout(cfg.DBStatementTimeout), postgres.WithLockTimeout(cfg.DBLockTimeout))
 	if err != nil {
 		return err
 	}
@@ -162,9 +162,14 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	return g.Serve(ctx, ln)
 }
 
-// openDB opens the gateway's PostgreSQL pool; connections are made lazily.
-func openDB(dsn string, opts ...postgres.Option) (*sql.DB, error) {
-	return postgres.Open(dsn, 32, opts...)
+// defaultDBMaxConns is DB_MAX_CONNS's default: enough for 16 concurrent
+// writers (BenchmarkPutProduct) with room for catch-up reads.
+const defaultDBMaxConns = 32
+
+// openDB opens the gateway's PostgreSQL pool of at most maxConns
+// connections; connections are made lazily.
+func openDB(dsn string, maxConns int, opts ...postgres.Option) (*sql.DB, error) {
+	return postgres.Open(dsn, maxConns, opts...)
 }
 
 // Serve migrates the database (retrying until it is reachable; the gateway is

@@ -52,7 +52,7 @@ func TestDatabaseDown(t *testing.T) {
 	t.Parallel()
 	deadAddr := testenv.FreeAddr(t) // nothing listens there
 	g := newTestGateway(t, nil)
-	db, err := openDB("postgres://postgres@" + deadAddr + "/x?sslmode=disable&connect_timeout=2")
+	db, err := openDB("postgres://postgres@"+deadAddr+"/x?sslmode=disable&connect_timeout=2", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,6 +129,7 @@ func TestConfigValidation(t *testing.T) {
 		{name: "conflate after zero", env: map[string]string{"WS_CONFLATE_AFTER": "0s"}},
 		{name: "conflate max events zero", args: []string{"-ws-conflate-max-events", "0"}},
 		{name: "conflate max bytes negative", env: map[string]string{"WS_CONFLATE_MAX_BYTES": "-1"}},
+		{name: "no database connections", env: map[string]string{"DB_MAX_CONNS": "0"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

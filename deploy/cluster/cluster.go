@@ -334,6 +334,12 @@ func (c *cluster) gatewayEnv(i int) []string {
 		"TRUSTED_PROXIES=127.0.0.1/32",
 		"API_TOKEN=" + c.creds.APIToken,
 		"DRAIN_WINDOW=" + c.st.Spec.DrainWindow.String(),
+		// Up to 5 gateways (cluster-scale) and 2 bridges share the local
+		// server's connections (max_connections 100 on Debian) with
+		// whatever else runs there: 12 each leaves room. With 32, a
+		// reconnect storm after scaling down ran out ("too many clients")
+		// and catch-ups answered unavailable.
+		"DB_MAX_CONNS=12",
 		"LOG_FORMAT=text",
 	}
 	return append(env, c.st.Spec.GatewayEnv...)
