@@ -6,9 +6,9 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,23 +18,23 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// lockedBuffer is a bytes.Buffer that the server's goroutines and the test
-// can use at once.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+// logFile is where a test's server logs: writes to an *os.File are safe
+// from the server's goroutines, and String reads what has been written.
+type logFile struct{ f *os.File }
+
+func newLogFile(t *testing.T) logFile {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "nats-*.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return logFile{f}
 }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+func (l logFile) String() string {
+	b, _ := os.ReadFile(l.f.Name())
+	return string(b)
 }
 
 // takePort listens on a random loopback port for the duration of the test
@@ -110,11 +110,11 @@ func checkJetStream(t *testing.T, srv *server.Server) {
 func TestStartEmbeddedFallsBackWhenPortTaken(t *testing.T) {
 	t.Parallel()
 	taken := takePort(t)
-	var logs lockedBuffer
+	logs := newLogFile(t)
 	srv, err := StartEmbedded(EmbeddedOptions{
 		Listen:             taken,
 		StoreDir:           t.TempDir(),
-		Logger:             slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:             slog.New(slog.NewTextHandler(logs.f, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		FallbackToFreePort: true,
 		Users:              testUsers(),
 	})
@@ -254,11 +254,11 @@ func TestServerLoggerLevels(t *testing.T) {
 // warn about its plain password.
 func TestStartEmbeddedNoAuthUser(t *testing.T) {
 	t.Parallel()
-	var logs lockedBuffer
+	logs := newLogFile(t)
 	srv, err := StartEmbedded(EmbeddedOptions{
 		Listen:     "127.0.0.1:-1",
 		StoreDir:   t.TempDir(),
-		Logger:     slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Logger:     slog.New(slog.NewTextHandler(logs.f, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Users:      testUsers(),
 		NoAuthUser: harness.User,
 	})
