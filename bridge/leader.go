@@ -23,6 +23,9 @@ type leadership struct {
 	db     *sql.DB
 	retry  time.Duration
 	logger *slog.Logger
+	// standby, when set, is called whenever another bridge holds the lock:
+	// the failures this bridge saw while it led are no longer its to report.
+	standby func()
 }
 
 // run tries to take the lock every retry interval; while it holds it, it
@@ -36,6 +39,9 @@ func (l leadership) run(ctx context.Context, lead func(ctx context.Context) erro
 			l.logger.Warn("trying to take the leader lock failed", "err", err)
 		}
 		if !held {
+			if err == nil && l.standby != nil {
+				l.standby()
+			}
 			if !waiting && err == nil {
 				l.logger.Info("another bridge leads; standing by", "retry_every", l.retry)
 				waiting = true

@@ -107,7 +107,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		if err := migrator.UpRetrying(gctx); err != nil {
 			return nil // shutting down
 		}
-		leadership{db: db, retry: cfg.LeaderRetry, logger: logger}.run(gctx, b.lead)
+		leadership{db: db, retry: cfg.LeaderRetry, logger: logger, standby: stalls.done}.run(gctx, b.lead)
 		return nil
 	})
 	group.Go(func() error {

@@ -551,18 +551,23 @@ func (c *wsConn) subscribe(ctx context.Context, cmd protocol.Command) {
 	}
 	// The ack goes out before any event of these products, and only once
 	// the hub (and NATS) have the subscription: a client that reads the
-	// state after the ack misses no change made after that read.
+	// state after the ack misses no change made after that read. The
+	// outbox is held meanwhile, so events of these products that arrive
+	// wait behind the answer, which goes first (answers pop before events).
 	c.outbox.Hold()
-	c.answer(protocol.AppendAck(nil, cmd.ID, cmd.Name, cmd.ProductIDs))
-	err := c.srv.hub.Subscribe(ctx, c.outbox, added)
-	c.outbox.Release()
-	if err != nil {
+	if err := c.srv.hub.Subscribe(ctx, c.outbox, added); err != nil {
 		c.srv.hub.Unsubscribe(c.outbox, added)
+		if c.all == nil { // watching all, the outbox still guards these products' versions
+			c.outbox.Forget(added)
+		}
 		c.srv.releaseSubs(c.addr, len(added))
 		c.srv.logger.Warn("subscribe failed", "conn_id", c.id, "err", err)
-		c.answerError(cmd.ID, protocol.CodeUnavailable, "the gateway could not subscribe after all; subscribe again", cmd.ProductIDs)
+		c.answerError(cmd.ID, protocol.CodeUnavailable, "the gateway could not subscribe; subscribe again", cmd.ProductIDs)
+		c.outbox.Release()
 		return
 	}
+	c.answer(protocol.AppendAck(nil, cmd.ID, cmd.Name, cmd.ProductIDs))
+	c.outbox.Release()
 	c.subsMu.Lock()
 	for _, id := range added {
 		c.subs[id] = struct{}{}
