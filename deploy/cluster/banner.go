@@ -29,6 +29,10 @@ func (c *cluster) debugEnvFile() (string, error) {
 	path := filepath.Join(c.st.Spec.StateDir, "nats-debug.env")
 	text := fmt.Sprintf("export NATS_URL=%s\nexport NATS_USER=%s\nexport NATS_PASSWORD=%s\n",
 		natsURL(c.st.Spec.Ports), userDebug, c.creds.Debug)
+	// WriteFile keeps the mode of a file that exists: tighten it first.
+	if err := os.Chmod(path, 0o600); err != nil && !os.IsNotExist(err) {
+		return path, err
+	}
 	return path, os.WriteFile(path, []byte(text), 0o600)
 }
 
@@ -58,7 +62,9 @@ func printBanner(w io.Writer, c *cluster) {
 		ca, base, c.creds.APIToken, body)
 	fmt.Fprintf(w, "  curl --cacert %s %s/products\n\n", ca, base)
 	fmt.Fprintf(w, "Watch the changes with the nats CLI as the read-only debug user (make tools installs bin/nats):\n\n")
-	fmt.Fprintf(w, "  bin/nats --server %s --user %s --password %s sub 'product.>'\n\n", natsURL(spec.Ports), userDebug, c.creds.Debug)
+	// The password stays in the 0600 file: not on a command line, where ps
+	// and the shell's history would show it.
+	fmt.Fprintf(w, "  (. %s && bin/nats sub 'product.>')\n\n", relative(envFile))
 	fmt.Fprintf(w, "or set NATS_URL, NATS_USER and NATS_PASSWORD once per shell:\n\n")
 	fmt.Fprintf(w, "  . %s\n  bin/nats stream info PRODUCTS\n\n", relative(envFile))
 }

@@ -80,10 +80,12 @@ func writeNATSContext(path, natsURL string, c natsCredentials) error {
 // writePrivate writes data to path readable by its owner only, whatever mode
 // an existing file had.
 func writePrivate(path string, data []byte) error {
-	if err := os.WriteFile(path, data, 0o600); err != nil {
+	// WriteFile keeps the mode of a file that exists: tighten it before
+	// the secret goes in, not after.
+	if err := os.Chmod(path, 0o600); err != nil && !os.IsNotExist(err) {
 		return err
 	}
-	return os.Chmod(path, 0o600)
+	return os.WriteFile(path, data, 0o600)
 }
 
 // natsCLI is what the banner says about the nats CLI.
