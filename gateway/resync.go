@@ -43,7 +43,7 @@ func (q *resyncQueue) lost(sub *nats.Subscription) {
 	if sub == nil {
 		return
 	}
-	if sub.Subject == change.SubjectPrefix+"*" { // the watch-all subscription (watchall.go)
+	if hub.IsAllSubscription(sub) { // the watch-all subscription (watchall.go)
 		q.requestAll()
 		return
 	}

@@ -50,12 +50,7 @@ func (a *allClient) MissedChanges() {
 // that the reader never waits on the database.
 func (c *wsConn) watchAll(ctx context.Context, cmd protocol.Command) {
 	if cmd.Name == protocol.Unsubscribe {
-		if c.all != nil {
-			c.srv.hub.UnsubscribeAll(c.all)
-			c.subsMu.Lock()
-			c.all = nil
-			c.subsMu.Unlock()
-		}
+		c.stopWatchingAll()
 		c.answer(protocol.AppendAllAck(nil, cmd.ID, cmd.Name, -1, 0))
 		return
 	}
@@ -119,8 +114,8 @@ func (c *wsConn) resumeAll(ctx context.Context, cmd protocol.Command) {
 	}
 }
 
-// stopWatchingAll gives the watch-all subscription back when the socket
-// ends.
+// stopWatchingAll gives the watch-all subscription back (unsubscribe all,
+// or the socket ends).
 func (c *wsConn) stopWatchingAll() {
 	if c.all != nil {
 		c.srv.hub.UnsubscribeAll(c.all)

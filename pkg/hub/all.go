@@ -140,7 +140,13 @@ func (h *Hub) forwardAll(msg *nats.Msg) {
 }
 
 // isAll reports whether msg came through the product.* subscription.
-func (h *Hub) isAll(msg *nats.Msg) bool { return msg.Sub != nil && msg.Sub.Subject == allSubject }
+func (h *Hub) isAll(msg *nats.Msg) bool { return IsAllSubscription(msg.Sub) }
+
+// IsAllSubscription reports whether sub is a hub's watch-all subscription
+// (product.*), e.g. one NATS reports as a slow consumer.
+func IsAllSubscription(sub *nats.Subscription) bool {
+	return sub != nil && sub.Subject == allSubject
+}
 
 // deliverAll hands a product.* message to every watch-all subscriber.
 func (h *Hub) deliverAll(id, version int64, event []byte) {
