@@ -140,10 +140,17 @@ func (s *wsServer) releaseSubs(addr string, n int) {
 // queued returns how many messages wait in all connections' queues (for the
 // queue depth metric; it visits every connection, so only scrapes call it).
 func (s *wsServer) queued() float64 {
+	// The connections are listed under the server's lock and counted after
+	// it: connects and subscribes need that lock, and a scrape of 20,000
+	// outboxes should not hold them up.
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
+	conns := make([]*wsConn, 0, len(s.conns))
 	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	n := 0
+	for _, c := range conns {
 		n += c.outbox.Len()
 	}
 	return float64(n)
