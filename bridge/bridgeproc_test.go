@@ -255,23 +255,23 @@ func (b *bridgeProc) ready() bool {
 }
 
 // metric scrapes /metrics and returns the value of the series called name
-// (the sum over its label sets), or NaN when the bridge does not answer or
+// (the sum over its label sets that have match's name=value pairs), or NaN when the bridge does not answer or
 // does not export it. NaN compares false with everything, so a condition
 // like metric(...) == 1 is simply not met yet.
-func (b *bridgeProc) metric(name string) float64 {
+func (b *bridgeProc) metric(name string, match ...string) float64 {
 	status, body, err := b.get("/metrics")
 	if err != nil || status != http.StatusOK {
 		return math.NaN()
 	}
-	return sumMetric(body, name)
+	return sumMetric(body, name, match...)
 }
 
 // sumMetric returns the sum of the samples of name on a /metrics page, NaN
 // when there is none or the page does not parse.
-func sumMetric(page, name string) float64 {
+func sumMetric(page, name string, match ...string) float64 {
 	m, err := testenv.ParseMetrics(page)
 	if err != nil {
 		return math.NaN()
 	}
-	return m.Sum(name)
+	return m.Sum(name, match...)
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/lib/pq"
 )
@@ -17,10 +18,21 @@ import (
 // many backends of the database were waiting for a heavyweight lock on an
 // object (in practice: for the lock a notifying transaction takes at
 // commit) when the read ran, if the read was asked to count them (-1 if
-// not).
+// not), and, if the read was asked for it, localXmin (0 if not).
+//
+// xmin is the whole cluster's: a transaction that writes in another
+// database holds it back as long as it runs, although it can neither take
+// a seq nor read the wake-up flag. localXmin is this database's: every
+// transaction with an id below it that held a lock on products or
+// product_changes (which every writer of a change does, from before it
+// takes its seq and reads the flag until it ends) had ended when the read
+// *finished*. Rows such a transaction committed after the read's snapshot
+// was taken are not in that read, so localXmin speaks for the reads that
+// follow, not for its own (see relay.horizon).
 type snapshot struct {
 	xmin          uint64
 	notifyWaiters int
+	localXmin     uint64
 }
 
 // gap is a range of seqs that the log did not show although later seqs were
@@ -95,12 +107,30 @@ func (lr *logReader) close() {
 // the bridge's role may read: its own role's, or all with
 // pg_read_all_stats.) An uncorrelated subquery in a CASE is evaluated only
 // when its branch is taken, so a false $5 costs nothing.
+//
+// When $6 is true, the snapshot row's text also carries, after a space,
+// the snapshot's xmax and the transaction ids (32-bit, as pg_locks shows
+// them) of the transactions that hold or wait for a lock on products or
+// product_changes in this database, from one reading of pg_locks (which
+// every role may read; a materialised CTE, so that both kinds of lock come
+// from the same reading): parseSnapshot makes localXmin of them.
 const readQuery = `
 SELECT NULL::bigint,
        CASE WHEN $5 THEN (SELECT count(*) FROM pg_stat_get_activity(NULL) a
                            WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
                              AND a.wait_event_type = 'Lock' AND a.wait_event = 'object') END,
-       NULL::timestamptz, pg_snapshot_xmin(pg_current_snapshot())::text
+       NULL::timestamptz,
+       pg_snapshot_xmin(pg_current_snapshot())::text || CASE WHEN $6 THEN ' ' || (
+           WITH locks AS MATERIALIZED (
+                    SELECT locktype, database, relation, virtualtransaction, transactionid, mode, granted FROM pg_locks),
+                writers AS (
+                    SELECT DISTINCT virtualtransaction FROM locks
+                     WHERE locktype = 'relation'
+                       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                       AND relation IN (to_regclass('products'), to_regclass('product_changes')))
+           SELECT pg_snapshot_xmax(pg_current_snapshot())::text || ' ' || coalesce(string_agg(l.transactionid::text, ','), '')
+             FROM locks l JOIN writers w USING (virtualtransaction)
+            WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted) ELSE '' END
 UNION ALL
 SELECT c.seq, c.product_id, c.changed_at, c.event::text
   FROM product_changes c JOIN unnest($3::bigint[], $4::bigint[]) AS g(lo, hi) ON c.seq BETWEEN g.lo AND g.hi
@@ -110,13 +140,14 @@ SELECT * FROM (SELECT seq, product_id, changed_at, event::text FROM product_chan
 
 // read returns, in one snapshot: the snapshot, the visible changes in the
 // gaps (all of them), and up to limit visible changes above high, each in
-// seq order. countWaiters asks for snapshot.notifyWaiters.
-func (lr *logReader) read(ctx context.Context, high int64, gaps []gap, limit int, countWaiters bool) (snap snapshot, gapRows, rows []changeRow, err error) {
+// seq order. countWaiters asks for snapshot.notifyWaiters, local for
+// snapshot.localXmin.
+func (lr *logReader) read(ctx context.Context, high int64, gaps []gap, limit int, countWaiters, local bool) (snap snapshot, gapRows, rows []changeRow, err error) {
 	los, his := make([]int64, len(gaps)), make([]int64, len(gaps))
 	for i, g := range gaps {
 		los[i], his[i] = g.lo, g.hi
 	}
-	rs, err := lr.readStmt.QueryContext(ctx, high, limit, pq.Array(los), pq.Array(his), countWaiters)
+	rs, err := lr.readStmt.QueryContext(ctx, high, limit, pq.Array(los), pq.Array(his), countWaiters, local)
 	if err != nil {
 		return snapshot{}, nil, nil, fmt.Errorf("read change log after %d: %w", high, err)
 	}
@@ -130,8 +161,8 @@ func (lr *logReader) read(ctx context.Context, high int64, gaps []gap, limit int
 			return snapshot{}, nil, nil, fmt.Errorf("read change log: %w", err)
 		}
 		if !seq.Valid {
-			if snap.xmin, err = strconv.ParseUint(string(text), 10, 64); err != nil {
-				return snapshot{}, nil, nil, fmt.Errorf("snapshot xmin %q: %w", text, err)
+			if snap, err = parseSnapshot(text); err != nil {
+				return snapshot{}, nil, nil, err
 			}
 			snap.notifyWaiters = -1
 			if productID.Valid {
@@ -157,6 +188,56 @@ func (lr *logReader) read(ctx context.Context, high int64, gaps []gap, limit int
 	slices.SortFunc(gapRows, bySeq)
 	slices.SortFunc(rows, bySeq)
 	return snap, gapRows, rows, nil
+}
+
+// parseSnapshot parses the snapshot row's text: xmin, and when asked for,
+// xmax and the 32-bit ids of this database's writers, of which it makes
+// localXmin: the oldest of them, or xmax when there are none (every
+// transaction below xmax that is not running has ended). Each 32-bit id is
+// widened to 64 bits next to xmax, which every running transaction's id is
+// within 2^31 of (PostgreSQL's wraparound limit).
+func parseSnapshot(text []byte) (snapshot, error) {
+	var snap snapshot
+	fields := strings.Split(string(text), " ")
+	if len(fields) != 1 && len(fields) != 3 {
+		return snapshot{}, fmt.Errorf("snapshot row %q: want xmin, or xmin, xmax and writers", text)
+	}
+	var err error
+	if snap.xmin, err = strconv.ParseUint(fields[0], 10, 64); err != nil {
+		return snapshot{}, fmt.Errorf("snapshot xmin %q: %w", text, err)
+	}
+	if len(fields) == 1 {
+		return snap, nil
+	}
+	xmax, err := strconv.ParseUint(fields[1], 10, 64)
+	if err != nil {
+		return snapshot{}, fmt.Errorf("snapshot xmax %q: %w", text, err)
+	}
+	snap.localXmin = xmax
+	if fields[2] == "" {
+		return snap, nil
+	}
+	for _, f := range strings.Split(fields[2], ",") {
+		xid, err := strconv.ParseUint(f, 10, 32)
+		if err != nil {
+			return snapshot{}, fmt.Errorf("writer's transaction id %q: %w", f, err)
+		}
+		snap.localXmin = min(snap.localXmin, widenXid(uint32(xid), xmax))
+	}
+	return snap, nil
+}
+
+// widenXid returns the 64-bit transaction id whose low 32 bits are xid and
+// which is nearest to ref.
+func widenXid(xid uint32, ref uint64) uint64 {
+	behind := uint32(ref) - xid // how far xid is behind ref, modulo 2^32
+	if behind < 1<<31 {
+		if uint64(behind) > ref {
+			return 0 // before the first transaction id: cannot be; the oldest there is
+		}
+		return ref - uint64(behind)
+	}
+	return ref + uint64(-behind)
 }
 
 // loadCursor reads the persisted cursor and published high.

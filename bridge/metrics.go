@@ -22,6 +22,7 @@ type bridgeMetrics struct {
 	natsReconnects    prometheus.Counter
 	leader            prometheus.Gauge
 	wakeupWanted      prometheus.Gauge
+	relayMode         *prometheus.GaugeVec
 	notifyQueueUsage  prometheus.Gauge
 	pruned            prometheus.Counter
 	changeRate        prometheus.Gauge
@@ -70,7 +71,12 @@ func newBridgeMetrics(reg prometheus.Registerer) *bridgeMetrics {
 		Help: "The relay's estimate of changes per second (moving average over RATE_WINDOW); it decides between NOTIFY wake-ups and reading continuously."})
 	m.notifyThrottled = prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "notify_throttled_total",
 		Help: "Switches to continuous reading because writers queued on NOTIFY's commit lock (WAKEUP_MAX_WAITERS), not because of the rate."})
-	reg.MustRegister(m.changeRate, m.notifyThrottled)
+	m.relayMode = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: ns + "relay_mode",
+		Help: "1 for the relay's current mode, 0 for the others: flowing (reading the log continuously, writers do not notify), switching (writers notify; reading until every writer that may not have has ended), idle (waiting for wake-ups)."}, []string{"mode"})
+	for _, mode := range []relayMode{modeFlowing, modeSwitching, modeIdle} {
+		m.relayMode.WithLabelValues(mode.String())
+	}
+	reg.MustRegister(m.changeRate, m.notifyThrottled, m.relayMode)
 	reg.MustRegister(m.changesPublished, m.duplicates, m.skippedPublished, m.publishFailures, m.publishLatency,
 		m.lagChanges, m.lagSeconds, m.cursor, m.polls, m.listenerReconnect, m.natsReconnects, m.leader,
 		m.wakeupWanted, m.notifyQueueUsage, m.pruned, m.foreignMessages)

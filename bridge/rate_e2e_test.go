@@ -3,8 +3,12 @@ package main
 import (
 	"context"
 	"database/sql"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
 // TestWakeupModeByRate: the wake-up mode follows the rate of changes. A
@@ -122,4 +126,75 @@ func TestWakeupEndsWhenWritersQueueOnNotify(t *testing.T) {
 	t.Logf("writers told to stop notifying after %d changes, %v", written, took.Round(time.Millisecond))
 	waitIdle(t, b, pg.DB)
 	waitAllPublished(t, ns.URL, js, pg.DB, wakeupBound)
+}
+
+// TestLongTransactionElsewhere: a transaction that writes in another
+// database of the same server holds the server's xmin back for as long as
+// it runs, although it can neither take a seq nor read the wake-up flag.
+// With one open all along, the bridge still switches to waiting for
+// wake-ups, and a trickle costs about one read per change, not one per
+// POLL_INTERVAL; concurrent writers (whose commits leave gaps in seq order)
+// flood, and the bridge still settles its gaps (its saved cursor reaches the
+// end of the log) and goes back to waiting for wake-ups.
+func TestLongTransactionElsewhere(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 20)
+	other := testenv.Postgres(t)
+	tx, err := other.DB.BeginTx(t.Context(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback() })
+	var xid string
+	if err := tx.QueryRow(`SELECT pg_current_xact_id()::text`).Scan(&xid); err != nil {
+		t.Fatal(err)
+	}
+	b := f.startIdleBridge(t, map[string]string{
+		"WAKEUP_MAX_RATE":      "150",
+		"WAKEUP_RESUME_RATE":   "100",
+		"SAFETY_POLL_INTERVAL": "1h",
+	})
+
+	const trickle = 40
+	readsBefore := b.metric(metricPolls)
+	tick := time.NewTicker(25 * time.Millisecond)
+	for i := range trickle {
+		<-tick.C
+		updateProduct(t, f.pg.DB, f.products[i%len(f.products)])
+	}
+	tick.Stop()
+	waitAllPublished(t, f.ns.URL, f.js, f.pg.DB, wakeupBound)
+	reads := b.metric(metricPolls) - readsBefore
+	t.Logf("trickle: %d changes at 40/s, %v reads of the change log", trickle, reads)
+	if reads > 2*trickle {
+		t.Errorf("the bridge read the change log %v times for %d changes at 40/s while a transaction ran in another database (reads by reason: %s)",
+			reads, trickle, readsByReason(t, b))
+	}
+
+	w := startWriters(t, f.pg.DB, writeLoad{Writers: 4, Total: 400, Products: f.products, Timeout: time.Minute})
+	w.Wait(t)
+	waitAllPublished(t, f.ns.URL, f.js, f.pg.DB, wakeupBound)
+	waitCursor(t, f.pg.DB)
+	waitIdle(t, b, f.pg.DB)
+
+	var status string
+	if err := f.pg.DB.QueryRowContext(t.Context(), `SELECT pg_xact_status($1::xid8)`, xid).Scan(&status); err != nil {
+		t.Fatal(err)
+	}
+	if status != "in progress" {
+		t.Fatalf("the other database's transaction %s is %q: the test did not hold it open throughout", xid, status)
+	}
+}
+
+// readsByReason lists the bridge's reads of the change log so far by what
+// started them.
+func readsByReason(t testing.TB, b *bridgeProc) string {
+	t.Helper()
+	var parts []string
+	for _, reason := range []string{"start", "flowing", "switching", "idle", "wakeup", "backlog", "safety", "reconnect", "retry"} {
+		if n := b.metric(metricPolls, "reason", reason); n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %v", reason, n))
+		}
+	}
+	return strings.Join(parts, ", ")
 }

@@ -29,9 +29,9 @@ import (
 
 // Metric names of the bridge's contract.
 const (
-	metricLeader       = "productwatch_bridge_leader"
-	metricPublished    = "productwatch_bridge_changes_published_total"
-	metricWakeupWanted = "productwatch_bridge_wakeup_wanted"
+	metricLeader    = "productwatch_bridge_leader"
+	metricPublished = "productwatch_bridge_changes_published_total"
+	metricRelayMode = "productwatch_bridge_relay_mode"
 )
 
 // catchUpTimeout bounds how long the stream may take to hold every change
@@ -218,8 +218,8 @@ func killListener(t testing.TB, db *sql.DB, previous int64) int64 {
 func waitIdle(t testing.TB, b *bridgeProc, db *sql.DB) {
 	t.Helper()
 	testenv.WaitFor(t, 10*time.Second, b.name+" idle, asking for wake-ups", func() (bool, string) {
-		metric, flag := b.metric(metricWakeupWanted), wakeupFlag(t, db)
-		return metric == 1 && flag == 2, fmt.Sprintf("%s = %v, product_change_wakeup = %d", metricWakeupWanted, metric, flag)
+		idle, flag := b.metric(metricRelayMode, "mode", "idle"), wakeupFlag(t, db)
+		return idle == 1 && flag == 2, fmt.Sprintf(`%s{mode="idle"} = %v, product_change_wakeup = %d`, metricRelayMode, idle, flag)
 	})
 }
 

@@ -36,6 +36,17 @@ type relayConfig struct {
 	maxNotifyWaiters   int // this many writers queueing on NOTIFY's commit lock: read continuously; 0: never
 }
 
+// localHorizonAfter is how long a bound (a gap's, or the switch's) may wait
+// for the cluster-wide xmin before the relay asks for this database's own
+// (snapshot.localXmin), and how often it asks while one waits. Reading
+// pg_locks costs more than reading the snapshot, and the cluster-wide xmin
+// passes a bound within a read or two unless some transaction runs long;
+// when one does in another database (an import, a migration, a session left
+// open in psql), the local xmin keeps the relay from reading every
+// POLL_INTERVAL, and its cursor from standing still, for as long as that
+// transaction runs.
+const localHorizonAfter = 20 * time.Millisecond
+
 // throttledHold is how long the relay keeps reading continuously after
 // writers were seen queueing on NOTIFY's commit lock, whatever the rate:
 // while NOTIFY throttles the writers, the rate they reach says little about
@@ -70,7 +81,12 @@ type relay struct {
 	verifyExtra int   // and so may this many rows above it
 
 	mode           relayMode
-	switchBound    uint64 // a transaction id taken after the flag went on
+	switchBound    uint64        // a transaction id taken after the flag went on
+	switchWait     time.Duration // while switching: the pause between reads, doubling up to idleAfter
+	horizon        uint64        // the highest localXmin of the reads so far (see snapshot)
+	pendingBound   uint64        // the oldest bound waiting (a gap's or the switch's); 0: none
+	pendingSince   time.Time     // since when it waits
+	localAskedAt   time.Time     // when a read last asked for localXmin
 	lastChange     time.Time
 	rate           rateEstimator
 	throttledUntil time.Time     // see throttledHold
@@ -177,6 +193,13 @@ func (r *relay) next(ctx context.Context, n int, snap snapshot) (string, error) 
 			}
 			return r.waitWakeup(ctx)
 		}
+		// A transaction that read the flag as off still runs. Whatever
+		// commits meanwhile with the flag read as on wakes the relay; only
+		// that transaction's commit waits for a read, so the reads slow
+		// down (to one per IDLE_AFTER) while it runs.
+		wait := r.switchWait
+		r.switchWait = min(2*r.switchWait, max(r.cfg.idleAfter, r.cfg.pollInterval))
+		return r.waitWakeupFor(ctx, wait)
 	case r.mode == modeIdle:
 		if backlog {
 			// A large transaction, not a high rate: read on, stay idle.
@@ -216,6 +239,24 @@ func (r *relay) tooFastForNotify(now time.Time, rate float64, snap snapshot) boo
 	return false
 }
 
+// waitWakeupFor waits for a notification, a listener reconnect, the safety
+// poll or d, whichever comes first.
+func (r *relay) waitWakeupFor(ctx context.Context, d time.Duration) (string, error) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return "", ctx.Err()
+	case reason := <-r.wake:
+		return reason, nil
+	case <-r.safetyTimer.C:
+		r.safetyTimer.Reset(r.cfg.safetyPollInterval)
+		return "safety", nil
+	case <-t.C:
+		return r.mode.String(), nil
+	}
+}
+
 // waitWakeup waits for a notification, a listener reconnect or the safety
 // poll.
 func (r *relay) waitWakeup(ctx context.Context) (string, error) {
@@ -244,12 +285,15 @@ func (r *relay) setMode(ctx context.Context, m relayMode) error {
 			return err
 		}
 		r.switchBound = bound
+		r.switchWait = r.cfg.pollInterval
 		r.metrics.wakeupWanted.Set(1)
 	case modeIdle:
 	}
 	if m != r.mode {
 		r.logger.Debug("relay mode", "mode", m)
+		r.metrics.relayMode.WithLabelValues(r.mode.String()).Set(0)
 	}
+	r.metrics.relayMode.WithLabelValues(m.String()).Set(1)
 	r.mode = m
 	return nil
 }
@@ -270,10 +314,20 @@ func (r *relay) step(ctx context.Context, reason string) (int, snapshot, error) 
 	if countWaiters {
 		r.waitersAt = time.Now()
 	}
-	snap, gapRows, rows, err := r.reader.read(ctx, r.highSeq, r.gaps, r.cfg.batchSize, countWaiters)
+	askLocal := r.pendingBound != 0 && time.Since(r.pendingSince) >= localHorizonAfter &&
+		time.Since(r.localAskedAt) >= localHorizonAfter
+	if askLocal {
+		r.localAskedAt = time.Now()
+	}
+	snap, gapRows, rows, err := r.reader.read(ctx, r.highSeq, r.gaps, r.cfg.batchSize, countWaiters, askLocal)
 	if err != nil {
 		return 0, snapshot{}, err
 	}
+	// What an earlier read learnt of this database's transactions holds
+	// for this read's snapshot, which was taken after it; what this read
+	// learnt holds for the next.
+	snap.xmin = max(snap.xmin, r.horizon)
+	r.horizon = max(r.horizon, snap.localXmin)
 	// Gap rows all have seqs below highSeq, the new rows above it: together
 	// they are in seq order, which per product is version order.
 	all := append(gapRows, rows...)
@@ -290,6 +344,7 @@ func (r *relay) step(ctx context.Context, reason string) (int, snapshot, error) 
 	}
 	r.extend(rows, bound)
 	r.settleGaps(snap.xmin)
+	r.notePending(snap.xmin)
 	if err := r.saveCursor(ctx, len(all) == 0); err != nil {
 		return 0, snapshot{}, err
 	}
@@ -367,6 +422,21 @@ func (r *relay) settleGaps(xmin uint64) {
 		r.cursor = r.highSeq
 	} else {
 		r.cursor = r.gaps[0].lo - 1
+	}
+}
+
+// notePending records which bound waits (the oldest gap's, or the switch's
+// when xmin has not reached it) and since when, for askLocal in step.
+func (r *relay) notePending(xmin uint64) {
+	var bound uint64
+	if len(r.gaps) > 0 {
+		bound = r.gaps[0].bound // gaps are in seq order, so their bounds ascend
+	}
+	if r.mode == modeSwitching && xmin < r.switchBound && (bound == 0 || r.switchBound < bound) {
+		bound = r.switchBound
+	}
+	if bound != r.pendingBound {
+		r.pendingBound, r.pendingSince = bound, time.Now()
 	}
 }
 
