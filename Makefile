@@ -44,11 +44,15 @@ migrate:
 
 ## test: lint, then every test with the race detector against real PostgreSQL and NATS.
 ## It runs `make tools` first, which may run apt-get for chromium and nghttp2-client when they are missing.
+## Each test process starts a private PostgreSQL cluster of its own (initdb/pg_ctl), unless
+## TEST_PG is set to empty (`make test TEST_PG=`: DATABASE_URL, else 127.0.0.1:5432); see the README's Tests.
+TEST_PG      ?= private
 test:
 	@echo "make test: lint, then make tools (staticcheck and the nats CLI into bin/, and, when missing,"
-	@echo "  Debian's chromium and nghttp2-client through apt-get), then go test -race over every package."
+	@echo "  Debian's chromium and nghttp2-client through apt-get), then go test -race over every package,"
+	@echo "  each package on a private PostgreSQL cluster (PRODUCTWATCH_TEST_PG=$(TEST_PG))."
 	@$(MAKE) --no-print-directory lint tools
-	$(GO) test -race -count=1 -timeout 12m ./...
+	PRODUCTWATCH_TEST_PG=$(TEST_PG) $(GO) test -race -count=1 -timeout 12m ./...
 
 ## test-short: the tests without lint, for a quick loop
 test-short:

@@ -115,12 +115,18 @@ func (c *wsConn) resumeAll(ctx context.Context, cmd protocol.Command) {
 }
 
 // stopWatchingAll gives the watch-all subscription back (unsubscribe all,
-// or the socket ends).
+// or the socket ends), and has the outbox forget the products the
+// connection does not watch one by one: what it knew of every product
+// while it watched all would otherwise stay for as long as it lives.
 func (c *wsConn) stopWatchingAll() {
 	if c.all != nil {
 		c.srv.hub.UnsubscribeAll(c.all)
 		c.subsMu.Lock()
 		c.all = nil
+		c.outbox.Keep(func(id int64) bool {
+			_, ok := c.subs[id]
+			return ok
+		})
 		c.subsMu.Unlock()
 	}
 }

@@ -108,10 +108,30 @@ func TestWatchAll(t *testing.T) {
 		t.Fatalf("after unsubscribing all, got %s", m.raw)
 	}
 
+	// both watches r one by one too. Unsubscribing all, it forgets every
+	// product but r: a replayed old change of r is still dropped, and r's
+	// new changes come.
+	r := g.create(t, macbook)
+	both.send(fmt.Sprintf(`{"command":"subscribe","productIDs":[%d]}`, r.ProductID))
+	both.expect("ack")
+	beforeR := seq
+	seq = g.relay(t, seq)
+	if ev := both.expect("INSERT"); ev.ProductID != r.ProductID {
+		t.Fatalf("got %s", ev.raw)
+	}
+	b.expect("INSERT")
 	// The last watch-all client leaving removes the NATS subscription.
 	b.ws.CloseNow()
 	both.send(`{"command":"unsubscribe","all":true}`)
 	both.expect("ack")
+	// r's INSERT again, then a new UPDATE on the same subject: the
+	// outbox still knows r's version, so the UPDATE is the next message.
+	g.relay(t, beforeR)
+	g.write(t, http.MethodPatch, fmt.Sprintf("/products/%d", r.ProductID), `{"unitsAvailable":7}`)
+	seq = g.relay(t, seq)
+	if ev := both.expect("UPDATE"); ev.ProductID != r.ProductID || ev.Version != 2 {
+		t.Fatalf("after unsubscribing all, got %s for the product watched one by one", ev.raw)
+	}
 	testenv.WaitUntil(t, 10*time.Second, "the product.* subscription to go", func() bool {
 		return !g.g.hub.AllSubscribed() && (g.nats.Server == nil || natsAllSubscriptions(t, g.nats.Server) == 0)
 	})

@@ -286,17 +286,40 @@ func (o *Outbox) emptied() {
 // Forget drops what is known and waiting of products the connection no
 // longer watches, so the outbox stays bounded by what it watches now.
 func (o *Outbox) Forget(ids []int64) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
 	gone := make(map[int64]bool, len(ids))
 	for _, id := range ids {
-		delete(o.latest, id)
 		gone[id] = true
+	}
+	o.drop(func(id int64) bool { return gone[id] })
+}
+
+// Keep drops what is known and waiting of every product but those keep
+// reports true for: a connection that stops watching all products keeps
+// only the ones it watches one by one, so that products it saw while
+// watching all (every product there was, and ever will be while it watched)
+// are not remembered for as long as it lives. keep is called with the
+// outbox locked: it must not call the outbox.
+func (o *Outbox) Keep(keep func(productID int64) bool) {
+	o.drop(func(id int64) bool { return !keep(id) })
+}
+
+// drop removes the products gone reports true for from latest, the queue
+// and the conflation slots.
+func (o *Outbox) drop(gone func(productID int64) bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for id := range o.latest {
+		if gone(id) {
+			delete(o.latest, id)
+		}
 	}
 	kept := o.head
 	for r := o.head; r < len(o.events); r++ {
 		ev := o.events[r]
-		if gone[ev.productID] {
+		if gone(ev.productID) {
 			o.bytes -= len(ev.data)
 			continue
 		}
@@ -309,8 +332,10 @@ func (o *Outbox) Forget(ids []int64) {
 	clear(o.events[kept:])
 	o.events = o.events[:kept]
 	if o.conflating {
-		for _, id := range ids {
-			delete(o.slot, id)
+		for id := range o.slot {
+			if gone(id) {
+				delete(o.slot, id)
+			}
 		}
 	}
 	if o.head == len(o.events) {

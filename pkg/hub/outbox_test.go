@@ -90,6 +90,23 @@ func TestOutbox(t *testing.T) {
 			o.Deliver(2, 4, []byte("2v4"))
 			o.Deliver(1, 1, []byte("1v1 after resubscribe"))
 		}, want: "[2v4 1v1 after resubscribe]"},
+		{name: "keep", steps: func(o *Outbox) {
+			o.Deliver(1, 5, []byte("1v5"))
+			o.Deliver(2, 5, []byte("2v5"))
+			o.Deliver(3, 5, []byte("3v5"))
+			o.Keep(func(id int64) bool { return id == 2 })
+			o.Deliver(2, 4, []byte("2v4 stale: kept"))
+			o.Deliver(1, 1, []byte("1v1 after resubscribe"))
+		}, want: "[2v5 1v1 after resubscribe]"},
+		{name: "keep while conflating", limit: lagging, steps: func(o *Outbox) {
+			for v := int64(1); v <= 3; v++ {
+				o.Deliver(1, v, fmt.Appendf(nil, "1v%d", v))
+				o.Deliver(2, v, fmt.Appendf(nil, "2v%d", v))
+			}
+			o.Keep(func(id int64) bool { return id == 2 })
+			o.Deliver(2, 4, []byte("2v4"))
+			o.Deliver(1, 1, []byte("1v1 after resubscribe"))
+		}, want: "[2v4 1v1 after resubscribe]"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -446,6 +446,9 @@ func (e *environment) startPrivate(ctx context.Context) (string, error) {
 			"synchronous_commit": "off",
 			"full_page_writes":   "off",
 			"wal_init_zero":      "off",
+			// A package's parallel tests each run a bridge or a gateway
+			// with pools of their own, and writers: room for them all.
+			"max_connections": "300",
 		},
 	})
 	if err != nil {
