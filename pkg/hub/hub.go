@@ -68,6 +68,7 @@ type Hub struct {
 	products    atomic.Int64 // products with a NATS subscription
 	received    atomic.Int64 // messages received from NATS
 	delivered   atomic.Int64 // deliveries to subscribers
+	closed      atomic.Bool  // Run has begun to unsubscribe everything: Subscribe refuses
 }
 
 type shard struct {
@@ -98,7 +99,7 @@ type fanState struct {
 	wg   sync.WaitGroup
 }
 
-// ErrClosed is returned by Subscribe after Run has returned.
+// ErrClosed is returned by Subscribe and SubscribeAll once Run is ending.
 var ErrClosed = errors.New("hub closed")
 
 // New returns a Hub on nc. Call Run to deliver.
@@ -163,6 +164,10 @@ func (h *Hub) Run(ctx context.Context) error {
 	close(h.helpers) // no dispatcher waits for a helper any more
 	helpers.Wait()
 	h.closeAll()
+	// Subscribe checks closed under the shard's lock, so it either ran
+	// before the shard is emptied below or sees closed and refuses: no
+	// NATS subscription outlives Run, feeding a dispatcher nobody reads.
+	h.closed.Store(true)
 	for i := range h.shards {
 		s := &h.shards[i]
 		s.mu.Lock()
@@ -290,6 +295,10 @@ func (h *Hub) Subscribe(ctx context.Context, sub Subscriber, ids []int64) error 
 	for _, id := range ids {
 		s := h.shard(id)
 		s.mu.Lock()
+		if h.closed.Load() {
+			s.mu.Unlock()
+			return ErrClosed
+		}
 		e := s.products[id]
 		if e == nil {
 			ns, err := h.nc.ChanSubscribe(change.Subject(id), h.dispatcher(id))

@@ -3,6 +3,7 @@ package hub
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -290,5 +291,37 @@ func TestDispatcherSurvivesPanic(t *testing.T) {
 	defer mu.Unlock()
 	if len(panics) != 3 || panics[0] != "deliver exploded" {
 		t.Errorf("OnPanic saw %q, want 3 panics", panics)
+	}
+}
+
+// TestSubscribeAfterRun: once Run has returned, Subscribe and SubscribeAll
+// refuse with ErrClosed and leave no NATS subscription behind.
+func TestSubscribeAfterRun(t *testing.T) {
+	t.Parallel()
+	n := testenv.NATS(t)
+	nc, err := nats.Connect(n.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	h := New(nc, Options{})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { _ = h.Run(ctx); close(done) }()
+	var r recorder
+	if err := h.Subscribe(t.Context(), &r, []int64{1}); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	<-done
+
+	if err := h.Subscribe(t.Context(), &r, []int64{2, 3}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Subscribe after Run: %v, want ErrClosed", err)
+	}
+	if err := h.SubscribeAll(t.Context(), &r); !errors.Is(err, ErrClosed) {
+		t.Errorf("SubscribeAll after Run: %v, want ErrClosed", err)
+	}
+	if got := nc.NumSubscriptions(); got != 0 {
+		t.Errorf("%d NATS subscriptions after Run returned, want 0", got)
 	}
 }

@@ -78,18 +78,25 @@ func (p Precondition) versions() any {
 type Store struct {
 	db *sql.DB
 
-	mu    sync.Mutex           // guards stmts
-	stmts map[string]*sql.Stmt // by query text; database/sql re-prepares per connection
+	mu     sync.Mutex           // guards stmts and closed
+	stmts  map[string]*sql.Stmt // by query text; database/sql re-prepares per connection
+	closed bool
 }
+
+// errStoreClosed is what a Store answers once closed (a request that
+// outlived the server's shutdown, say): it prepares nothing more.
+var errStoreClosed = errors.New("product store closed")
 
 // NewStore returns a Store on db, whose schema must be migrated. Close
 // releases its prepared statements.
 func NewStore(db *sql.DB) *Store { return &Store{db: db, stmts: make(map[string]*sql.Stmt)} }
 
-// Close releases the prepared statements. The Store must not be used after.
+// Close releases the prepared statements. A Store prepares nothing after
+// it: a single-row query runs unprepared, the other calls fail.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.closed = true
 	var errs []error
 	for query, stmt := range s.stmts {
 		errs = append(errs, stmt.Close())
@@ -107,7 +114,11 @@ func (s *Store) Close() error {
 func (s *Store) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 	s.mu.Lock()
 	stmt, ok := s.stmts[query]
+	closed := s.closed
 	s.mu.Unlock()
+	if closed {
+		return nil, errStoreClosed
+	}
 	if ok {
 		return stmt, nil
 	}
@@ -117,6 +128,10 @@ func (s *Store) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed { // closed while preparing: keep nothing
+		_ = stmt.Close()
+		return nil, errStoreClosed
+	}
 	if kept, ok := s.stmts[query]; ok {
 		_ = stmt.Close()
 		return kept, nil

@@ -228,6 +228,22 @@ func TestStoreErrors(t *testing.T) {
 	if n := len(changeLog(t, s)); n != 1 {
 		t.Errorf("%d changes, want 1", n)
 	}
+
+	// A closed store prepares nothing more (a request that outlived the
+	// shutdown would leak the statement): a single-row query runs
+	// unprepared, the others fail.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(ctx, r.ID); err != nil {
+		t.Errorf("Get after Close = %v", err)
+	}
+	if _, err := s.List(ctx, 0, 10); !errors.Is(err, errStoreClosed) {
+		t.Errorf("List after Close = %v, want errStoreClosed", err)
+	}
+	if n := len(s.stmts); n != 0 {
+		t.Errorf("%d statements prepared after Close", n)
+	}
 }
 
 // TestStoreKeepsEachDeadline: with the table locked, a request with a short
