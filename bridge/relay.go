@@ -239,27 +239,21 @@ func (r *relay) tooFastForNotify(now time.Time, rate float64, snap snapshot) boo
 	return false
 }
 
-// waitWakeupFor waits for a notification, a listener reconnect, the safety
-// poll or d, whichever comes first.
-func (r *relay) waitWakeupFor(ctx context.Context, d time.Duration) (string, error) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return "", ctx.Err()
-	case reason := <-r.wake:
-		return reason, nil
-	case <-r.safetyTimer.C:
-		r.safetyTimer.Reset(r.cfg.safetyPollInterval)
-		return "safety", nil
-	case <-t.C:
-		return r.mode.String(), nil
-	}
-}
-
 // waitWakeup waits for a notification, a listener reconnect or the safety
 // poll.
 func (r *relay) waitWakeup(ctx context.Context) (string, error) {
+	return r.waitWakeupFor(ctx, 0)
+}
+
+// waitWakeupFor waits for a notification, a listener reconnect, the safety
+// poll or, when d > 0, d, whichever comes first.
+func (r *relay) waitWakeupFor(ctx context.Context, d time.Duration) (string, error) {
+	var timeout <-chan time.Time // nil: never
+	if d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timeout = t.C
+	}
 	select {
 	case <-ctx.Done():
 		return "", ctx.Err()
@@ -268,6 +262,8 @@ func (r *relay) waitWakeup(ctx context.Context) (string, error) {
 	case <-r.safetyTimer.C:
 		r.safetyTimer.Reset(r.cfg.safetyPollInterval)
 		return "safety", nil
+	case <-timeout:
+		return r.mode.String(), nil
 	}
 }
 

@@ -46,18 +46,26 @@ func event(id, version int64) []byte {
 
 func startHub(t testing.TB) (*Hub, *nats.Conn, *testenv.NATSServer) {
 	t.Helper()
-	n := testenv.NATS(t)
+	h, nc, n, stop := startStoppableHub(t)
+	t.Cleanup(stop)
+	return h, nc, n
+}
+
+// startStoppableHub is startHub with the stop left to the caller: stop
+// ends Run and waits until it has returned.
+func startStoppableHub(t testing.TB) (h *Hub, nc *nats.Conn, n *testenv.NATSServer, stop func()) {
+	t.Helper()
+	n = testenv.NATS(t)
 	nc, err := nats.Connect(n.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	h := New(nc, Options{})
+	h = New(nc, Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = h.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return h, nc, n
+	return h, nc, n, func() { cancel(); <-done }
 }
 
 func TestSubscribeUnsubscribe(t *testing.T) {
@@ -298,22 +306,12 @@ func TestDispatcherSurvivesPanic(t *testing.T) {
 // refuse with ErrClosed and leave no NATS subscription behind.
 func TestSubscribeAfterRun(t *testing.T) {
 	t.Parallel()
-	n := testenv.NATS(t)
-	nc, err := nats.Connect(n.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	h := New(nc, Options{})
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { _ = h.Run(ctx); close(done) }()
+	h, nc, _, stop := startStoppableHub(t)
 	var r recorder
 	if err := h.Subscribe(t.Context(), &r, []int64{1}); err != nil {
 		t.Fatal(err)
 	}
-	cancel()
-	<-done
+	stop()
 
 	if err := h.Subscribe(t.Context(), &r, []int64{2, 3}); !errors.Is(err, ErrClosed) {
 		t.Errorf("Subscribe after Run: %v, want ErrClosed", err)
