@@ -131,18 +131,15 @@ func (c *cluster) resolveDatabase(ctx context.Context) error {
 		return nil
 	}
 	pgdata := filepath.Join(filepath.Dir(spec.StateDir), "pgdata")
-	adminDSN, private, err := pgserver.Resolve(ctx, pgdata, c.logger)
+	dsn, private, err := pgserver.ResolveDatabase(ctx, pgdata, spec.Database, c.logger)
 	if err != nil {
 		return err
 	}
 	if private != nil && !private.Reused() {
 		c.st.PrivatePG = private.Dir()
 	}
-	if err := pgserver.CreateDatabase(ctx, adminDSN, spec.Database); err != nil {
-		return err
-	}
-	c.st.DatabaseURL, err = pgserver.WithDatabase(adminDSN, spec.Database)
-	return err
+	c.st.DatabaseURL = dsn
+	return nil
 }
 
 // checkPortsFree fails with the first port of the spec something else

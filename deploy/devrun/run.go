@@ -152,23 +152,14 @@ func resolveDatabase(ctx context.Context, stateDir string, logger *slog.Logger) 
 		logger.Info("using DATABASE_URL")
 		return dsn, nil, nil
 	}
-	adminDSN, cluster, err := pgserver.Resolve(ctx, filepath.Join(stateDir, "pgdata"), logger)
+	dsn, cluster, err := pgserver.ResolveDatabase(ctx, filepath.Join(stateDir, "pgdata"), databaseName, logger)
 	if err != nil {
 		return "", nil, err
 	}
-	if err := pgserver.CreateDatabase(ctx, adminDSN, databaseName); err != nil {
-		if cluster != nil {
-			_ = cluster.Stop(context.WithoutCancel(ctx))
-		}
-		return "", nil, err
-	}
-	dsn, err := pgserver.WithDatabase(adminDSN, databaseName)
-	if err == nil {
-		// Resolve named the server (its postgres database); the data goes
-		// to this one.
-		logger.Info("using database "+databaseName, "dsn", redactDSN(dsn))
-	}
-	return dsn, cluster, err
+	// Resolve logged the server (its postgres database); the data goes to
+	// this one.
+	logger.Info("using database "+databaseName, "dsn", redactDSN(dsn))
+	return dsn, cluster, nil
 }
 
 // redactDSN hides the password of a URL-form DSN (pgserver.WithDatabase

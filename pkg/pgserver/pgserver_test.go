@@ -166,6 +166,41 @@ func TestResolvePrivate(t *testing.T) {
 	}
 }
 
+// TestResolveDatabaseFails: when the database cannot be made on the
+// private cluster resolve started (an empty name: refused before any SQL),
+// ResolveDatabase stops that cluster again.
+func TestResolveDatabaseFails(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	unreachable := "postgres://postgres@127.0.0.1:" + strconv.Itoa(closedPort(t)) + "/postgres?sslmode=disable"
+	dir := filepath.Join(pgservertest.Parent(t, "pgserver-test-"), "data")
+	dsn, cluster, err := resolveDatabase(ctx, dir, "", testLogger(), func(string) string { return "" }, unreachable)
+	if err == nil {
+		stopOnCleanup(t, cluster)
+		t.Fatalf("resolveDatabase with an empty name = %q, nil", dsn)
+	}
+	if cluster != nil {
+		t.Errorf("a cluster returned with the error %v", err)
+	}
+	if _, statErr := os.Stat(filepath.Join(dir, "postmaster.pid")); !errors.Is(statErr, os.ErrNotExist) {
+		t.Errorf("the private cluster still runs after a failed ResolveDatabase (%v): postmaster.pid: %v", err, statErr)
+	}
+
+	// And the happy path names the database made.
+	dsn, cluster, err = resolveDatabase(ctx, dir, "made", testLogger(), func(string) string { return "" }, unreachable)
+	if err != nil {
+		t.Fatalf("resolveDatabase: %v", err)
+	}
+	stopOnCleanup(t, cluster)
+	if want, _ := WithDatabase(cluster.DSN("postgres"), "made"); dsn != want {
+		t.Errorf("dsn = %q, want %q", dsn, want)
+	}
+	if err := Reachable(ctx, dsn); err != nil {
+		t.Errorf("Reachable(%q): %v", dsn, err)
+	}
+}
+
 // TestResolveDatabaseURL checks that DATABASE_URL wins, unchecked and as is.
 func TestResolveDatabaseURL(t *testing.T) {
 	const want = "postgres://someone@db.invalid:6543/app?sslmode=require"
