@@ -152,7 +152,6 @@ func (cfg Config) wsConfig() wsConfig {
 		maxConnsPerAddr:  cfg.WSMaxConnectionsPerAddr,
 		maxSubsPerAddr:   cfg.WSMaxSubscriptionsPerAddr,
 		maxSubsTotal:     cfg.WSMaxTotalSubscriptions,
-		maxNATSInterests: cfg.WSMaxNATSInterests,
 		conflation:       hub.Conflation{After: cfg.WSConflateAfter, MaxEvents: cfg.WSConflateMaxEvents, MaxBytes: cfg.WSConflateMaxBytes},
 	}
 }

@@ -667,6 +667,43 @@ func TestHostileDatabaseStall(t *testing.T) {
 	noServerErrors(t, g, `status="503"`)
 }
 
+// TestNATSInterestLimitConcurrent: subscribes that arrive together cannot
+// all pass the NATS interest limit: each reserves its new interests until
+// the hub has them. Four sockets ask for 400 new products each at once,
+// with room for 1,000: two are acknowledged, two refused, and the gateway
+// holds 800 NATS subscriptions.
+func TestNATSInterestLimitConcurrent(t *testing.T) {
+	t.Parallel()
+	pg, n := testenv.Postgres(t), testenv.NATS(t)
+	g := startLiveGateway(t, pg, n, "WS_MAX_NATS_INTERESTS=1000", "WS_MAX_SUBSCRIPTIONS_PER_ADDR=5000")
+	var socks []*wsClient
+	for range 4 {
+		socks = append(socks, g.mustDialWS(t, nil))
+	}
+	for i, c := range socks {
+		parts := make([]string, 400)
+		for j := range parts {
+			parts[j] = fmt.Sprint(int64(1e12) + int64(i*400+j)) // no such products
+		}
+		c.send(`{"command":"subscribe","productIDs":[` + strings.Join(parts, ",") + `]}`)
+	}
+	acks, refused := 0, 0
+	for _, c := range socks {
+		switch m := c.next(); {
+		case m.Type == "ack":
+			acks++
+		case m.Code == "unavailable":
+			refused++
+		default:
+			t.Fatalf("answer %s", m.raw)
+		}
+	}
+	held := g.metric(t, "productwatch_ws_nats_subscriptions")
+	if acks != 2 || refused != 2 || held != 800 {
+		t.Errorf("%d acknowledged, %d refused, %v NATS subscriptions; want 2, 2, 800 (limit 1,000)", acks, refused, held)
+	}
+}
+
 // TestHostileLimits: limits per client address (behind a trusted proxy,
 // by X-Forwarded-For) and per gateway hold, and made-up product ids count.
 func TestHostileLimits(t *testing.T) {

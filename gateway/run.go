@@ -60,7 +60,8 @@ func newGateway(cfg Config, db *sql.DB, nc *nats.Conn, queue *resyncQueue, logge
 		writeAPIError(w, &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable, Message: "this gateway has no NATS_URL: WebSocket subscriptions are off"})
 	})
 	if nc != nil {
-		g.hub = hub.New(nc, hub.Options{Logger: logger, OnPanic: func(v any, stack []byte) { panics.report("hub_dispatcher", v, stack) }})
+		g.hub = hub.New(nc, hub.Options{Logger: logger, MaxProducts: cfg.WSMaxNATSInterests,
+			OnPanic: func(v any, stack []byte) { panics.report("hub_dispatcher", v, stack) }})
 		metrics := newWSMetrics(registry, g.hub)
 		cu := &catchUp{db: db}
 		wsCfg := cfg.wsConfig()

@@ -44,7 +44,6 @@ type wsConfig struct {
 	maxConnsPerAddr  int            // sockets per client address
 	maxSubsPerAddr   int            // subscriptions of all sockets of one client address
 	maxSubsTotal     int            // subscriptions of all sockets
-	maxNATSInterests int            // products with a NATS subscription
 	trustedProxies   trustedProxies // whose X-Forwarded-For names the client
 	// onCommand, when set, sees every decoded command on the reader (tests
 	// use it to make a reader panic).
@@ -105,11 +104,10 @@ func (s *wsServer) addresses() float64 {
 }
 
 // reserveSubs takes n subscriptions for addr from the per-address and
-// per-gateway budgets, of which interests are products nobody here watches
-// yet (each a new NATS subscription). It returns the limit that refuses,
-// "" when reserved. The NATS interest count is read, not reserved: under
-// concurrent subscribes it may overshoot by the ids in flight.
-func (s *wsServer) reserveSubs(addr string, n, interests int) string {
+// per-gateway budgets. It returns the limit that refuses, "" when reserved.
+// (The NATS interests, products with a NATS subscription, are the hub's to
+// count: hub.Options.MaxProducts.)
+func (s *wsServer) reserveSubs(addr string, n int) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	u := s.addrs[addr]
@@ -118,8 +116,6 @@ func (s *wsServer) reserveSubs(addr string, n, interests int) string {
 		return "subscriptions_per_addr"
 	case s.totalSubs+n > s.cfg.maxSubsTotal:
 		return "subscriptions_total"
-	case interests > 0 && int(s.hub.Products())+interests > s.cfg.maxNATSInterests:
-		return "nats_interests"
 	}
 	u.subs += n
 	s.totalSubs += n
@@ -522,6 +518,9 @@ func (c *wsConn) read(ctx context.Context) error {
 	}
 }
 
+// gatewayFull answers a subscribe past a per-gateway limit.
+const gatewayFull = "this gateway watches as many products as it may; retry later or on another gateway"
+
 // subscribe adds this connection's interest in cmd's products, then queues
 // what the client asked to catch up on (snapshot, or what moved on since its
 // versions) for the catch-up worker: interest first, state second, so no
@@ -529,13 +528,9 @@ func (c *wsConn) read(ctx context.Context) error {
 // they count against the limits like any other.
 func (c *wsConn) subscribe(ctx context.Context, cmd protocol.Command) {
 	var added []int64
-	interests := 0
 	for _, id := range cmd.ProductIDs {
 		if _, ok := c.subs[id]; !ok {
 			added = append(added, id)
-			if len(c.srv.hub.SubscribersOf(id)) == 0 {
-				interests++
-			}
 		}
 	}
 	if len(c.subs)+len(added) > c.srv.cfg.maxSubscriptions {
@@ -544,15 +539,14 @@ func (c *wsConn) subscribe(ctx context.Context, cmd protocol.Command) {
 			"a connection watches at most "+strconv.Itoa(c.srv.cfg.maxSubscriptions)+" products; unsubscribe some first", nil)
 		return
 	}
-	if limit := c.srv.reserveSubs(c.addr, len(added), interests); limit != "" {
+	if limit := c.srv.reserveSubs(c.addr, len(added)); limit != "" {
 		c.srv.metrics.limitRefusals.WithLabelValues(limit).Inc()
 		switch limit {
 		case "subscriptions_per_addr":
 			c.answerError(cmd.ID, protocol.CodeTooManySubscriptions,
 				"the connections from your address watch at most "+strconv.Itoa(c.srv.cfg.maxSubsPerAddr)+" products together; unsubscribe some first", nil)
 		default:
-			c.answerError(cmd.ID, protocol.CodeUnavailable,
-				"this gateway watches as many products as it may; retry later or on another gateway", cmd.ProductIDs)
+			c.answerError(cmd.ID, protocol.CodeUnavailable, gatewayFull, cmd.ProductIDs)
 		}
 		return
 	}
@@ -568,8 +562,13 @@ func (c *wsConn) subscribe(ctx context.Context, cmd protocol.Command) {
 			c.outbox.Forget(added)
 		}
 		c.srv.releaseSubs(c.addr, len(added))
-		c.srv.logger.Warn("subscribe failed", "conn_id", c.id, "err", err)
-		c.answerError(cmd.ID, protocol.CodeUnavailable, "the gateway could not subscribe; subscribe again", cmd.ProductIDs)
+		if errors.Is(err, hub.ErrTooManyProducts) {
+			c.srv.metrics.limitRefusals.WithLabelValues("nats_interests").Inc()
+			c.answerError(cmd.ID, protocol.CodeUnavailable, gatewayFull, cmd.ProductIDs)
+		} else {
+			c.srv.logger.Warn("subscribe failed", "conn_id", c.id, "err", err)
+			c.answerError(cmd.ID, protocol.CodeUnavailable, "the gateway could not subscribe; subscribe again", cmd.ProductIDs)
+		}
 		c.outbox.Release()
 		return
 	}

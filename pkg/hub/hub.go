@@ -54,6 +54,10 @@ type Options struct {
 	// Deliver panicked): the message is dropped and the dispatcher goes on.
 	// Nil: the panic is only logged.
 	OnPanic func(value any, stack []byte)
+	// MaxProducts bounds the products the hub holds a NATS subscription
+	// for: Subscribe refuses a new one past it with ErrTooManyProducts.
+	// Zero: no bound.
+	MaxProducts int
 }
 
 // Hub is the table of watched products. Safe for concurrent use.
@@ -66,6 +70,7 @@ type Hub struct {
 	helpers     chan *fanJob // parts of hot products' fan-outs
 	all         *allWatchers // the watch-all subscribers (all.go)
 	products    atomic.Int64 // products with a NATS subscription
+	taken       atomic.Int64 // products, plus what Subscribes in flight have reserved (Options.MaxProducts)
 	received    atomic.Int64 // messages received from NATS
 	delivered   atomic.Int64 // deliveries to subscribers
 	closed      atomic.Bool  // Run has begun to unsubscribe everything: Subscribe refuses
@@ -101,6 +106,10 @@ type fanState struct {
 
 // ErrClosed is returned by Subscribe and SubscribeAll once Run is ending.
 var ErrClosed = errors.New("hub closed")
+
+// ErrTooManyProducts is returned by Subscribe when a product nobody watched
+// yet would take the hub past Options.MaxProducts.
+var ErrTooManyProducts = errors.New("hub: as many products watched as allowed")
 
 // New returns a Hub on nc. Call Run to deliver.
 func New(nc *nats.Conn, opts Options) *Hub {
@@ -178,6 +187,7 @@ func (h *Hub) Run(ctx context.Context) error {
 		s.mu.Unlock()
 	}
 	h.products.Store(0)
+	h.taken.Store(0)
 	return nil
 }
 
@@ -289,8 +299,21 @@ func deliverTo(subs []Subscriber, id, version int64, data []byte) {
 // subscriptions (at most Options.FlushWait, and never past ctx): a change
 // published after Subscribe returns reaches sub. A subscriber already
 // watching an id is left as it is; sub stays subscribed when the
-// confirmation fails.
+// confirmation fails. On any error, sub may be subscribed to some of ids:
+// the caller unsubscribes them all.
 func (h *Hub) Subscribe(ctx context.Context, sub Subscriber, ids []int64) error {
+	// Reserve the products nobody watches yet all at once, so that
+	// Subscribes in flight together cannot pass MaxProducts, nor each get
+	// part of the way and all fail; what is not used goes back at the end
+	// (two Subscribes adding the same product both reserve it meanwhile).
+	budget := 0
+	if h.opts.MaxProducts > 0 {
+		budget = h.countNew(ids)
+		if !h.take(budget) {
+			return ErrTooManyProducts
+		}
+	}
+	defer func() { h.taken.Add(-int64(budget)) }()
 	added := false
 	for _, id := range ids {
 		s := h.shard(id)
@@ -301,16 +324,23 @@ func (h *Hub) Subscribe(ctx context.Context, sub Subscriber, ids []int64) error 
 		}
 		e := s.products[id]
 		if e == nil {
+			if budget > 0 {
+				budget-- // the reservation becomes the product's
+			} else if !h.take(1) { // new since countNew
+				s.mu.Unlock()
+				return ErrTooManyProducts
+			}
 			ns, err := h.nc.ChanSubscribe(change.Subject(id), h.dispatcher(id))
 			if err != nil {
+				h.taken.Add(-1)
 				s.mu.Unlock()
 				return fmt.Errorf("subscribe to %s: %w", change.Subject(id), err)
 			}
+			h.products.Add(1)
 			e = &entry{id: id, sub: ns}
 			empty := []Subscriber{}
 			e.subscribers.Store(&empty)
 			s.products[id] = e
-			h.products.Add(1)
 			added = true
 		}
 		old := *e.subscribers.Load()
@@ -328,6 +358,34 @@ func (h *Hub) Subscribe(ctx context.Context, sub Subscriber, ids []int64) error 
 		}
 	}
 	return nil
+}
+
+// countNew counts the ids no entry exists for (yet).
+func (h *Hub) countNew(ids []int64) int {
+	n := 0
+	for _, id := range ids {
+		s := h.shard(id)
+		s.mu.Lock()
+		if s.products[id] == nil {
+			n++
+		}
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// take counts n more products as taken, unless that would pass
+// Options.MaxProducts (when set).
+func (h *Hub) take(n int) bool {
+	for {
+		old := h.taken.Load()
+		if h.opts.MaxProducts > 0 && old+int64(n) > int64(h.opts.MaxProducts) {
+			return false
+		}
+		if h.taken.CompareAndSwap(old, old+int64(n)) {
+			return true
+		}
+	}
 }
 
 // confirm waits until NATS has confirmed the subscriptions made so far (a
@@ -355,6 +413,7 @@ func (h *Hub) Unsubscribe(sub Subscriber, ids []int64) {
 					_ = e.sub.Unsubscribe() // a closed connection has no interest to remove
 					delete(s.products, id)
 					h.products.Add(-1)
+					h.taken.Add(-1)
 				}
 			}
 		}

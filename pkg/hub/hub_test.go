@@ -323,3 +323,69 @@ func TestSubscribeAfterRun(t *testing.T) {
 		t.Errorf("%d NATS subscriptions after Run returned, want 0", got)
 	}
 }
+
+// TestMaxProductsConcurrent: Subscribes that run together share
+// MaxProducts exactly: with room for 3,000, eight of 1,000 new products
+// each give three that succeed whole and five refused with
+// ErrTooManyProducts before subscribing anything, never a mix of halves.
+// What is unsubscribed is room again.
+func TestMaxProductsConcurrent(t *testing.T) {
+	t.Parallel()
+	n := testenv.NATS(t)
+	nc, err := nats.Connect(n.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	h := New(nc, Options{MaxProducts: 3000})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { _ = h.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	subs := make([]*recorder, 8)
+	errs := make([]error, len(subs))
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range subs {
+		subs[i] = &recorder{}
+		ids := make([]int64, 1000)
+		for j := range ids {
+			ids[j] = int64(i*1000 + j + 1)
+		}
+		wg.Go(func() {
+			<-start
+			errs[i] = h.Subscribe(t.Context(), subs[i], ids)
+		})
+	}
+	close(start)
+	wg.Wait()
+	ok, refused := 0, 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case errors.Is(err, ErrTooManyProducts):
+			refused++
+		default:
+			t.Fatalf("Subscribe: %v", err)
+		}
+	}
+	if ok != 3 || refused != 5 || h.Products() != 3000 || nc.NumSubscriptions() != 3000 {
+		t.Fatalf("%d subscribed, %d refused, %d products, %d NATS subscriptions; want 3, 5, 3000, 3000",
+			ok, refused, h.Products(), nc.NumSubscriptions())
+	}
+	for i, err := range errs {
+		if err == nil {
+			ids := make([]int64, 1000)
+			for j := range ids {
+				ids[j] = int64(i*1000 + j + 1)
+			}
+			h.Unsubscribe(subs[i], ids)
+			break
+		}
+	}
+	if err := h.Subscribe(t.Context(), &recorder{}, []int64{1e9, 1e9 + 1}); err != nil {
+		t.Errorf("after unsubscribing 1,000: %v", err)
+	}
+}
