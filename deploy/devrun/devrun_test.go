@@ -180,8 +180,14 @@ func TestQuickStart(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
+	// Read the log to its end before Wait, which closes the pipe (os/exec):
+	// waiting first lost the last lines now and then.
 	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
+	go func() {
+		out := <-logs
+		logs <- out
+		waited <- cmd.Wait()
+	}()
 	select {
 	case err := <-waited:
 		out := <-logs

@@ -234,8 +234,10 @@ func start(ctx context.Context, procs *sync.WaitGroup, exited chan<- error, path
 		return fmt.Errorf("start %s (did `make build` run?): %w", name, err)
 	}
 	procs.Add(3)
+	copied := make(chan struct{})
 	go func() {
 		defer procs.Done()
+		defer close(copied)
 		prefix(os.Stderr, out, name)
 	}()
 	done := make(chan struct{})
@@ -249,6 +251,9 @@ func start(ctx context.Context, procs *sync.WaitGroup, exited chan<- error, path
 	}()
 	go func() {
 		defer procs.Done()
+		// Wait closes the pipe: only once its output is read to the end
+		// (os/exec), or the program's last lines would be lost.
+		<-copied
 		err := cmd.Wait()
 		close(done)
 		if ctx.Err() == nil {
