@@ -8,7 +8,9 @@ const tbody = $("#products tbody");
 const rows = new Map(); // productId -> <tr>, kept in id order in the table
 // ?pageSize=n reads the list n products at a time (default 500; 1–1000).
 const pageSize = Number(new URLSearchParams(location.search).get("pageSize")) || 500;
-const pw = new ProductWatch(undefined, { pageSize });
+// batch: a page watching every product gets, under a burst, the events
+// waiting together in one WebSocket message instead of one message each.
+const pw = new ProductWatch(undefined, { pageSize, batch: true });
 window.productwatch = pw; // for the console and for tests
 
 const statusText = { connecting: "connecting", live: "live", reconnecting: "reconnecting", closed: "closed" };
