@@ -54,6 +54,7 @@ type Config struct {
 	WSWriteTimeout     time.Duration // WS_WRITE_TIMEOUT: a write or ping slower than this drops the client
 	WSPingInterval     time.Duration // WS_PING_INTERVAL
 	WSSlowClientAfter  time.Duration // WS_SLOW_CLIENT_AFTER: a change waiting longer than this drops the client
+	WSWriteCoalesce    time.Duration // WS_WRITE_COALESCE: a connection's writes at least this far apart; 0: at once
 
 	WSCatchUpTimeout          time.Duration // WS_CATCHUP_TIMEOUT: deadline of a snapshot/resume or re-sync read
 	WSMaxConnectionsPerAddr   int           // WS_MAX_CONNECTIONS_PER_ADDR: sockets of one client address
@@ -94,6 +95,7 @@ func loadConfig(args []string) (Config, error) {
 	set.Duration(&cfg.WSWriteTimeout, "ws-write-timeout", "WS_WRITE_TIMEOUT", 10*time.Second, "a socket write or ping slower than this drops the client")
 	set.Duration(&cfg.WSPingInterval, "ws-ping-interval", "WS_PING_INTERVAL", 30*time.Second, "ping idle clients this often")
 	set.Duration(&cfg.WSSlowClientAfter, "ws-slow-client-after", "WS_SLOW_CLIENT_AFTER", 15*time.Second, "a change waiting in a client's queue longer than this drops the client (close 4008)")
+	set.Duration(&cfg.WSWriteCoalesce, "ws-write-coalesce", "WS_WRITE_COALESCE", 10*time.Millisecond, "a connection writes at most once per this: what comes sooner after a write waits and goes with the next (one system call; one message with batched framing); 0: write as soon as anything waits")
 	set.String(&cfg.MetricsAddr, "metrics-addr", "METRICS_ADDR", "127.0.0.1:9092", "serve /metrics and the detailed /readyz (and /healthz) on this address; keep it private")
 	set.String(&cfg.TrustedProxies, "trusted-proxies", "TRUSTED_PROXIES", "", "comma-separated CIDRs of load balancers whose X-Forwarded-For is believed (the client address is its rightmost untrusted entry); unset: the socket's address")
 	set.Duration(&cfg.RequestTimeout, "request-timeout", "REQUEST_TIMEOUT", 10*time.Second, "a REST request's database work gets this long, then answers 503 unavailable")
@@ -147,6 +149,7 @@ func (cfg Config) wsConfig() wsConfig {
 		writeTimeout:     cfg.WSWriteTimeout,
 		pingInterval:     cfg.WSPingInterval,
 		slowAfter:        cfg.WSSlowClientAfter,
+		writeCoalesce:    cfg.WSWriteCoalesce,
 		maxUnreadAnswers: 64,
 		catchUpTimeout:   cfg.WSCatchUpTimeout,
 		maxConnsPerAddr:  cfg.WSMaxConnectionsPerAddr,
@@ -176,6 +179,8 @@ func (cfg Config) validate() error {
 		return errors.New("WS_COMMAND_RATE and WS_COMMAND_BURST must be positive")
 	case cfg.WSWriteTimeout <= 0 || cfg.WSPingInterval <= 0 || cfg.WSSlowClientAfter <= 0:
 		return errors.New("WS_WRITE_TIMEOUT, WS_PING_INTERVAL and WS_SLOW_CLIENT_AFTER must be positive")
+	case cfg.WSWriteCoalesce < 0 || cfg.WSWriteCoalesce > time.Second:
+		return fmt.Errorf("WS_WRITE_COALESCE %v must be between 0 (write at once) and 1s", cfg.WSWriteCoalesce)
 	case cfg.RequestTimeout <= 0 || cfg.BodyReadTimeout <= 0 || cfg.HeaderReadTimeout <= 0 || cfg.ReadyTimeout <= 0 || cfg.WSCatchUpTimeout <= 0:
 		return errors.New("REQUEST_TIMEOUT, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, READY_TIMEOUT and WS_CATCHUP_TIMEOUT must be positive")
 	case cfg.DBMaxConns < 1:

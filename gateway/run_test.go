@@ -130,6 +130,8 @@ func TestConfigValidation(t *testing.T) {
 		{name: "conflate max events zero", args: []string{"-ws-conflate-max-events", "0"}},
 		{name: "conflate max bytes negative", env: map[string]string{"WS_CONFLATE_MAX_BYTES": "-1"}},
 		{name: "no database connections", env: map[string]string{"DB_MAX_CONNS": "0"}},
+		{name: "negative write coalescing", env: map[string]string{"WS_WRITE_COALESCE": "-1ms"}},
+		{name: "write coalescing over a second", args: []string{"-ws-write-coalesce", "2s"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -38,6 +38,7 @@ type wsConfig struct {
 	writeTimeout     time.Duration
 	pingInterval     time.Duration
 	slowAfter        time.Duration
+	writeCoalesce    time.Duration // WS_WRITE_COALESCE
 	maxUnreadAnswers int
 	conflation       hub.Conflation // when a client's queue conflates (ws_writer.go)
 	catchUpTimeout   time.Duration  // deadline of a snapshot/resume read

@@ -238,3 +238,42 @@ func fullEvent(id, v int64) []byte {
 		`"product":{"productId":%d,"manufacturer":"Apple","productName":"MacBook","pricePerUnit":"500EUR","unitsAvailable":%d,"version":%d,"updatedAt":"2026-11-25T01:02:03.456789Z"}}`,
 		v, id, v, id, v%100, v)
 }
+
+// TestWriteCoalesce: with WS_WRITE_COALESCE, a connection writes at most
+// once per interval: events that come sooner after a write wait and go
+// together, here as one batch (batched framing) of all five, although the
+// writer retired meanwhile (an idle spell) and a new one wrote them.
+func TestWriteCoalesce(t *testing.T) {
+	t.Parallel()
+	const interval = 2 * time.Second
+	g := newWSGateway(t, nil, nil, func(c *Config) { c.WSWriteCoalesce = interval })
+	c := dialQuery(t, g, "batch=1")
+	c.send(`{"command":"subscribe","productIDs":[9]}`)
+	c.expect("ack") // the first write: at once
+	publish := func(from, to int64) {
+		for v := from; v <= to; v++ {
+			if err := g.nc.Publish(change.Subject(9), fullEvent(9, v)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := g.nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first event waits (written at once, it would not be seen
+	// queued), then the others join it.
+	publish(1, 1)
+	testenv.WaitUntil(t, interval, "the first event waiting in the queue", func() bool { return g.g.ws.queued() == 1 })
+	publish(2, 5)
+	testenv.WaitUntil(t, interval, "all five waiting", func() bool { return g.g.ws.queued() == 5 })
+	data := readRaw(t, c)
+	var events []json.RawMessage
+	if data[0] != '[' || json.Unmarshal(data, &events) != nil || len(events) != 5 {
+		t.Fatalf("got %s, want the five events in one batch, written %v after the ack", data, interval)
+	}
+	for i, ev := range events {
+		if !bytes.Equal(ev, fullEvent(9, int64(i+1))) {
+			t.Fatalf("event %d is %s", i, ev)
+		}
+	}
+}

@@ -57,6 +57,11 @@ type connWriter struct {
 	// before the writer first runs; events is the writer's.
 	batch  bool
 	events eventArray
+
+	// wrote is when the last writer last wrote, with WS_WRITE_COALESCE
+	// set: the writers' (one at a time), kept across them so that a
+	// writer started after an idle spell honours it too.
+	wrote time.Time
 }
 
 // setUpWriter gives a new connection its outbox limits and metric hooks and
@@ -121,9 +126,29 @@ func (c *wsConn) writeLoop() {
 	})
 	idle := time.NewTimer(writerIdle)
 	defer idle.Stop()
+	var coalesce *time.Timer // WS_WRITE_COALESCE, made on first use
 	for {
+		// Sooner than WS_WRITE_COALESCE after the last write (of this
+		// writer or an earlier one): let more come, and write them
+		// together.
+		if d := c.srv.cfg.writeCoalesce - time.Since(c.w.wrote); c.srv.cfg.writeCoalesce > 0 && d > 0 {
+			if coalesce == nil {
+				coalesce = time.NewTimer(d)
+				defer coalesce.Stop()
+			} else {
+				coalesce.Reset(d)
+			}
+			select {
+			case <-c.w.quit:
+				return
+			case <-coalesce.C:
+			}
+		}
 		if !c.writeQueued() {
 			return // the socket failed or is closing: stay "running", start no other
+		}
+		if c.srv.cfg.writeCoalesce > 0 {
+			c.w.wrote = time.Now()
 		}
 		active := true
 	wait:
