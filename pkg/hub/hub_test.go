@@ -46,14 +46,14 @@ func event(id, version int64) []byte {
 
 func startHub(t testing.TB) (*Hub, *nats.Conn, *testenv.NATSServer) {
 	t.Helper()
-	h, nc, n, stop := startStoppableHub(t)
+	h, nc, n, stop := startStoppableHub(t, Options{})
 	t.Cleanup(stop)
 	return h, nc, n
 }
 
-// startStoppableHub is startHub with the stop left to the caller: stop
-// ends Run and waits until it has returned.
-func startStoppableHub(t testing.TB) (h *Hub, nc *nats.Conn, n *testenv.NATSServer, stop func()) {
+// startStoppableHub is startHub with opts and the stop left to the caller:
+// stop ends Run and waits until it has returned.
+func startStoppableHub(t testing.TB, opts Options) (h *Hub, nc *nats.Conn, n *testenv.NATSServer, stop func()) {
 	t.Helper()
 	n = testenv.NATS(t)
 	nc, err := nats.Connect(n.URL)
@@ -61,7 +61,7 @@ func startStoppableHub(t testing.TB) (h *Hub, nc *nats.Conn, n *testenv.NATSServ
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	h = New(nc, Options{})
+	h = New(nc, opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = h.Run(ctx); close(done) }()
@@ -192,17 +192,8 @@ func benchmarkFanOut(b *testing.B, conflating bool, helpers int) {
 // version, in order.
 func TestHotProductInOrder(t *testing.T) {
 	t.Parallel()
-	n := testenv.NATS(t)
-	nc, err := nats.Connect(n.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	h := New(nc, Options{FanOutChunk: 7, FanOutHelpers: 3})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = h.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	h, nc, _, stop := startStoppableHub(t, Options{FanOutChunk: 7, FanOutHelpers: 3})
+	t.Cleanup(stop)
 
 	const subscribers, versions = 50, 500
 	subs := make([]*orderChecker, subscribers)
@@ -306,7 +297,7 @@ func TestDispatcherSurvivesPanic(t *testing.T) {
 // refuse with ErrClosed and leave no NATS subscription behind.
 func TestSubscribeAfterRun(t *testing.T) {
 	t.Parallel()
-	h, nc, _, stop := startStoppableHub(t)
+	h, nc, _, stop := startStoppableHub(t, Options{})
 	var r recorder
 	if err := h.Subscribe(t.Context(), &r, []int64{1}); err != nil {
 		t.Fatal(err)
@@ -331,17 +322,8 @@ func TestSubscribeAfterRun(t *testing.T) {
 // What is unsubscribed is room again.
 func TestMaxProductsConcurrent(t *testing.T) {
 	t.Parallel()
-	n := testenv.NATS(t)
-	nc, err := nats.Connect(n.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	h := New(nc, Options{MaxProducts: 3000})
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { _ = h.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	h, nc, _, stop := startStoppableHub(t, Options{MaxProducts: 3000})
+	t.Cleanup(stop)
 
 	subs := make([]*recorder, 8)
 	errs := make([]error, len(subs))
