@@ -310,6 +310,8 @@ func benchWritePath(b *testing.B, pgbench, script string, v benchWriteVariant) f
 	wall := ended.Sub(start).Seconds()
 	reads := sumMetric(metrics, "productwatch_bridge_polls_total") - sumMetric(metricsBefore, "productwatch_bridge_polls_total")
 	b.ReportMetric(reads/wall, "reads/s")
+	const horizon = "productwatch_bridge_local_horizon_reads_total"
+	b.ReportMetric((sumMetric(metrics, horizon)-sumMetric(metricsBefore, horizon))/wall, "pg_locks_reads/s")
 	b.ReportMetric(100*cpuDuring.process.Seconds()/wall, "proc_cpu_%")
 	b.ReportMetric(100*cpuDuring.backends.Seconds()/wall, "pg_bridge_cpu_%")
 	b.Logf("while pgbench ran (%.1f s): %.0f reads of the change log, this process %v CPU, the bridge's PostgreSQL backends %v CPU",

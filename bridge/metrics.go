@@ -23,6 +23,7 @@ type bridgeMetrics struct {
 	leader            prometheus.Gauge
 	wakeupWanted      prometheus.Gauge
 	relayMode         *prometheus.GaugeVec
+	horizonReads      prometheus.Counter
 	notifyQueueUsage  prometheus.Gauge
 	pruned            prometheus.Counter
 	changeRate        prometheus.Gauge
@@ -76,7 +77,9 @@ func newBridgeMetrics(reg prometheus.Registerer) *bridgeMetrics {
 	for _, mode := range []relayMode{modeFlowing, modeSwitching, modeIdle} {
 		m.relayMode.WithLabelValues(mode.String())
 	}
-	reg.MustRegister(m.changeRate, m.notifyThrottled, m.relayMode)
+	m.horizonReads = prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "local_horizon_reads_total",
+		Help: "Reads of the change log that also read pg_locks for this database's oldest writer, because the server-wide xmin held a bound back for 20 ms (a long transaction, often in another database)."})
+	reg.MustRegister(m.changeRate, m.notifyThrottled, m.relayMode, m.horizonReads)
 	reg.MustRegister(m.changesPublished, m.duplicates, m.skippedPublished, m.publishFailures, m.publishLatency,
 		m.lagChanges, m.lagSeconds, m.cursor, m.polls, m.listenerReconnect, m.natsReconnects, m.leader,
 		m.wakeupWanted, m.notifyQueueUsage, m.pruned, m.foreignMessages)

@@ -184,6 +184,9 @@ func TestLongTransactionElsewhere(t *testing.T) {
 	if status != "in progress" {
 		t.Fatalf("the other database's transaction %s is %q: the test did not hold it open throughout", xid, status)
 	}
+	if n := b.metric("productwatch_bridge_local_horizon_reads_total"); !(n >= 1) {
+		t.Errorf("productwatch_bridge_local_horizon_reads_total = %v: the local horizon was never read", n)
+	}
 }
 
 // readsByReason lists the bridge's reads of the change log so far by what

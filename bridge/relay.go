@@ -314,6 +314,7 @@ func (r *relay) step(ctx context.Context, reason string) (int, snapshot, error) 
 		time.Since(r.localAskedAt) >= localHorizonAfter
 	if askLocal {
 		r.localAskedAt = time.Now()
+		r.metrics.horizonReads.Inc()
 	}
 	snap, gapRows, rows, err := r.reader.read(ctx, r.highSeq, r.gaps, r.cfg.batchSize, countWaiters, askLocal)
 	if err != nil {
