@@ -45,16 +45,17 @@ type Config struct {
 	DBLockTimeout      time.Duration // DB_LOCK_TIMEOUT: lock_timeout of the pool's sessions; 0: the server's
 	DBMaxConns         int           // DB_MAX_CONNS: PostgreSQL connections of the gateway's pool at most
 
-	WSReadLimit        int64         // WS_READ_LIMIT: largest frame a client may send
-	WSMaxIDsPerCommand int           // WS_MAX_IDS_PER_COMMAND
-	WSMaxSubscriptions int           // WS_MAX_SUBSCRIPTIONS: products one connection may watch
-	WSCommandRate      float64       // WS_COMMAND_RATE: commands per second per connection
-	WSCommandBurst     int           // WS_COMMAND_BURST
-	WSMaxConnections   int           // WS_MAX_CONNECTIONS per gateway
-	WSWriteTimeout     time.Duration // WS_WRITE_TIMEOUT: a write or ping slower than this drops the client
-	WSPingInterval     time.Duration // WS_PING_INTERVAL
-	WSSlowClientAfter  time.Duration // WS_SLOW_CLIENT_AFTER: a change waiting longer than this drops the client
-	WSWriteCoalesce    time.Duration // WS_WRITE_COALESCE: a connection's writes at least this far apart; 0: at once
+	WSReadLimit          int64         // WS_READ_LIMIT: largest frame a client may send
+	WSMaxIDsPerCommand   int           // WS_MAX_IDS_PER_COMMAND
+	WSMaxSubscriptions   int           // WS_MAX_SUBSCRIPTIONS: products one connection may watch
+	WSCommandRate        float64       // WS_COMMAND_RATE: commands per second per connection
+	WSCommandBurst       int           // WS_COMMAND_BURST
+	WSMaxConnections     int           // WS_MAX_CONNECTIONS per gateway
+	WSWriteTimeout       time.Duration // WS_WRITE_TIMEOUT: a write or ping slower than this drops the client
+	WSPingInterval       time.Duration // WS_PING_INTERVAL
+	WSSlowClientAfter    time.Duration // WS_SLOW_CLIENT_AFTER: a change waiting longer than this drops the client
+	WSWriteCoalesce      time.Duration // WS_WRITE_COALESCE: a connection's writes at least this far apart; 0: at once
+	WSWriteCoalesceAbove float64       // WS_WRITE_COALESCE_ABOVE: only while the gateway sends this many messages a second; 0: always
 
 	WSCatchUpTimeout          time.Duration // WS_CATCHUP_TIMEOUT: deadline of a snapshot/resume or re-sync read
 	WSMaxConnectionsPerAddr   int           // WS_MAX_CONNECTIONS_PER_ADDR: sockets of one client address
@@ -96,6 +97,7 @@ func loadConfig(args []string) (Config, error) {
 	set.Duration(&cfg.WSPingInterval, "ws-ping-interval", "WS_PING_INTERVAL", 30*time.Second, "ping idle clients this often")
 	set.Duration(&cfg.WSSlowClientAfter, "ws-slow-client-after", "WS_SLOW_CLIENT_AFTER", 15*time.Second, "a change waiting in a client's queue longer than this drops the client (close 4008)")
 	set.Duration(&cfg.WSWriteCoalesce, "ws-write-coalesce", "WS_WRITE_COALESCE", 10*time.Millisecond, "a connection writes at most once per this: what comes sooner after a write waits and goes with the next (one system call; one message with batched framing); 0: write as soon as anything waits")
+	set.Float64(&cfg.WSWriteCoalesceAbove, "ws-write-coalesce-above", "WS_WRITE_COALESCE_ABOVE", 50000, "coalesce writes (WS_WRITE_COALESCE) only while the gateway sends at least this many WebSocket messages a second (until the rate falls below half of it); 0: always")
 	set.String(&cfg.MetricsAddr, "metrics-addr", "METRICS_ADDR", "127.0.0.1:9092", "serve /metrics and the detailed /readyz (and /healthz) on this address; keep it private")
 	set.String(&cfg.TrustedProxies, "trusted-proxies", "TRUSTED_PROXIES", "", "comma-separated CIDRs of load balancers whose X-Forwarded-For is believed (the client address is its rightmost untrusted entry); unset: the socket's address")
 	set.Duration(&cfg.RequestTimeout, "request-timeout", "REQUEST_TIMEOUT", 10*time.Second, "a REST request's database work gets this long, then answers 503 unavailable")
@@ -150,6 +152,7 @@ func (cfg Config) wsConfig() wsConfig {
 		pingInterval:     cfg.WSPingInterval,
 		slowAfter:        cfg.WSSlowClientAfter,
 		writeCoalesce:    cfg.WSWriteCoalesce,
+		coalesceAbove:    cfg.WSWriteCoalesceAbove,
 		maxUnreadAnswers: 64,
 		catchUpTimeout:   cfg.WSCatchUpTimeout,
 		maxConnsPerAddr:  cfg.WSMaxConnectionsPerAddr,
@@ -181,6 +184,8 @@ func (cfg Config) validate() error {
 		return errors.New("WS_WRITE_TIMEOUT, WS_PING_INTERVAL and WS_SLOW_CLIENT_AFTER must be positive")
 	case cfg.WSWriteCoalesce < 0 || cfg.WSWriteCoalesce > time.Second:
 		return fmt.Errorf("WS_WRITE_COALESCE %v must be between 0 (write at once) and 1s", cfg.WSWriteCoalesce)
+	case !(cfg.WSWriteCoalesceAbove >= 0):
+		return fmt.Errorf("WS_WRITE_COALESCE_ABOVE %v must be at least 0 (0: always coalesce)", cfg.WSWriteCoalesceAbove)
 	case cfg.RequestTimeout <= 0 || cfg.BodyReadTimeout <= 0 || cfg.HeaderReadTimeout <= 0 || cfg.ReadyTimeout <= 0 || cfg.WSCatchUpTimeout <= 0:
 		return errors.New("REQUEST_TIMEOUT, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, READY_TIMEOUT and WS_CATCHUP_TIMEOUT must be positive")
 	case cfg.DBMaxConns < 1:

@@ -70,7 +70,15 @@ func newGateway(cfg Config, db *sql.DB, nc *nats.Conn, queue *resyncQueue, logge
 		registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "productwatch_ws_queued_messages",
 			Help: "Messages waiting in all connections' queues (at most one event per watched product each)."}, g.ws.queued),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "productwatch_ws_client_addresses",
-				Help: "Client addresses (IPv4, or IPv6 /64) holding WebSocket connections."}, g.ws.addresses))
+				Help: "Client addresses (IPv4, or IPv6 /64) holding WebSocket connections."}, g.ws.addresses),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "productwatch_ws_write_coalescing",
+				Help: "1 while sockets' writes are coalesced (WS_WRITE_COALESCE; WS_WRITE_COALESCE_ABOVE messages a second turn it on), else 0."},
+				func() float64 {
+					if g.ws.coalescing.Load() {
+						return 1
+					}
+					return 0
+				}))
 		g.resyncer = &resyncer{queue: queue, hub: g.hub, catchUp: cu, logger: logger, metrics: metrics, panics: panics, timeout: cfg.WSCatchUpTimeout}
 		websocket = g.ws
 		probes.Add("nats", func(context.Context) error {

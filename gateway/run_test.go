@@ -132,6 +132,8 @@ func TestConfigValidation(t *testing.T) {
 		{name: "no database connections", env: map[string]string{"DB_MAX_CONNS": "0"}},
 		{name: "negative write coalescing", env: map[string]string{"WS_WRITE_COALESCE": "-1ms"}},
 		{name: "write coalescing over a second", args: []string{"-ws-write-coalesce", "2s"}},
+		{name: "negative coalescing rate", env: map[string]string{"WS_WRITE_COALESCE_ABOVE": "-5"}},
+		{name: "coalescing rate not a number", env: map[string]string{"WS_WRITE_COALESCE_ABOVE": "NaN"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

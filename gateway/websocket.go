@@ -39,6 +39,7 @@ type wsConfig struct {
 	pingInterval     time.Duration
 	slowAfter        time.Duration
 	writeCoalesce    time.Duration // WS_WRITE_COALESCE
+	coalesceAbove    float64       // WS_WRITE_COALESCE_ABOVE
 	maxUnreadAnswers int
 	conflation       hub.Conflation // when a client's queue conflates (ws_writer.go)
 	catchUpTimeout   time.Duration  // deadline of a snapshot/resume read
@@ -80,6 +81,11 @@ type wsServer struct {
 	accepted chan *wsConn
 	stopped  chan struct{}
 
+	// sentMessages counts the messages the writers sent (added per batch);
+	// Serve samples it to turn write coalescing on and off (coalescing).
+	sentMessages atomic.Int64
+	coalescing   atomic.Bool
+
 	mu        sync.Mutex // guards conns, slots, draining, addrs and totalSubs
 	conns     map[*wsConn]struct{}
 	slots     int // sockets open or being upgraded: at most cfg.maxConnections
@@ -92,9 +98,11 @@ type wsServer struct {
 }
 
 func newWSServer(cfg wsConfig, h *hub.Hub, cu *catchUp, logger *slog.Logger, m *wsMetrics, p *panics) *wsServer {
-	return &wsServer{cfg: cfg, hub: h, catchUp: cu, logger: logger, metrics: m, panics: p,
+	s := &wsServer{cfg: cfg, hub: h, catchUp: cu, logger: logger, metrics: m, panics: p,
 		accepted: make(chan *wsConn), stopped: make(chan struct{}),
 		conns: make(map[*wsConn]struct{}), addrs: make(map[string]*addrUsage), batchBuffers: newBatchPool()}
+	s.coalescing.Store(cfg.writeCoalesce > 0 && cfg.coalesceAbove == 0)
+	return s
 }
 
 // addresses returns how many client addresses hold sockets (for a gauge).
@@ -249,10 +257,19 @@ func (s *wsServer) Serve(ctx context.Context) {
 	var sockets sync.WaitGroup
 	defer sockets.Wait()
 	defer close(s.stopped)
+	var sample <-chan time.Time // nil: coalescing is always on or always off
+	sw := coalesceSwitch{above: s.cfg.coalesceAbove}
+	if s.cfg.writeCoalesce > 0 && s.cfg.coalesceAbove > 0 {
+		t := time.NewTicker(coalesceSample)
+		defer t.Stop()
+		sample = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case now := <-sample:
+			s.coalescing.Store(sw.update(now, s.sentMessages.Load()))
 		case c := <-s.accepted:
 			sockets.Go(func() {
 				defer s.remove(c)

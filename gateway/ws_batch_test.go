@@ -239,14 +239,15 @@ func fullEvent(id, v int64) []byte {
 		v, id, v, id, v%100, v)
 }
 
-// TestWriteCoalesce: with WS_WRITE_COALESCE, a connection writes at most
+// TestWriteCoalesce: with WS_WRITE_COALESCE (and WS_WRITE_COALESCE_ABOVE 0:
+// always), a connection writes at most
 // once per interval: events that come sooner after a write wait and go
 // together, here as one batch (batched framing) of all five, although the
 // writer retired meanwhile (an idle spell) and a new one wrote them.
 func TestWriteCoalesce(t *testing.T) {
 	t.Parallel()
 	const interval = 2 * time.Second
-	g := newWSGateway(t, nil, nil, func(c *Config) { c.WSWriteCoalesce = interval })
+	g := newWSGateway(t, nil, nil, func(c *Config) { c.WSWriteCoalesce, c.WSWriteCoalesceAbove = interval, 0 })
 	c := dialQuery(t, g, "batch=1")
 	c.send(`{"command":"subscribe","productIDs":[9]}`)
 	c.expect("ack") // the first write: at once
@@ -275,5 +276,25 @@ func TestWriteCoalesce(t *testing.T) {
 		if !bytes.Equal(ev, fullEvent(9, int64(i+1))) {
 			t.Fatalf("event %d is %s", i, ev)
 		}
+	}
+}
+
+// TestCoalesceSwitch: coalescing turns on at WS_WRITE_COALESCE_ABOVE
+// messages a second and off below half of it, by the rate between samples.
+func TestCoalesceSwitch(t *testing.T) {
+	sw := coalesceSwitch{above: 1000}
+	at := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	var total int64
+	var got []bool
+	for _, perTenth := range []int64{0, 50, 99, 100, 60, 50, 49, 99, 100, 0} { // messages per 100 ms
+		total += perTenth
+		at = at.Add(100 * time.Millisecond)
+		got = append(got, sw.update(at, total))
+	}
+	// The first sample has no rate yet; 990/s stays off, 1,000/s turns it
+	// on, 600 and 500/s keep it, 490/s turns it off, 990/s does not turn
+	// it on again, 1,000/s does, silence ends it.
+	if want := "[false false false true true true false false true false]"; fmt.Sprint(got) != want {
+		t.Errorf("coalescing %v, want %s", got, want)
 	}
 }
