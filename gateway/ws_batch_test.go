@@ -298,3 +298,36 @@ func TestCoalesceSwitch(t *testing.T) {
 		t.Errorf("coalescing %v, want %s", got, want)
 	}
 }
+
+// TestCoalescingFollowsTheRate: with WS_WRITE_COALESCE_ABOVE, the gateway
+// turns coalescing on while it sends that many messages a second (here a
+// client reading bursts of events) and off once they stop.
+func TestCoalescingFollowsTheRate(t *testing.T) {
+	t.Parallel()
+	g := newWSGateway(t, nil, nil, func(c *Config) { c.WSWriteCoalesce, c.WSWriteCoalesceAbove = 5*time.Millisecond, 200 })
+	if g.g.ws.coalescing.Load() {
+		t.Fatal("coalescing before any message")
+	}
+	c := g.dial(t, nil)
+	c.send(`{"command":"subscribe","productIDs":[3]}`)
+	c.expect("ack")
+	v := int64(0)
+	deadline := time.Now().Add(20 * time.Second)
+	for !g.g.ws.coalescing.Load() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no coalescing after %d messages", v)
+		}
+		for range 50 { // a burst, read to the end: 50 messages in far less than 100 ms
+			v++
+			if err := g.nc.Publish(change.Subject(3), fullEvent(3, v)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for want := v - 49; want <= v; want++ {
+			if _, got := productAndVersion(readRaw(t, c)); got != want {
+				t.Fatalf("version %d, want %d", got, want)
+			}
+		}
+	}
+	testenv.WaitUntil(t, 10*time.Second, "coalescing off once the messages stop", func() bool { return !g.g.ws.coalescing.Load() })
+}
