@@ -96,7 +96,7 @@ func loadConfig(args []string) (Config, error) {
 	set.Duration(&cfg.WSWriteTimeout, "ws-write-timeout", "WS_WRITE_TIMEOUT", 10*time.Second, "a socket write or ping slower than this drops the client")
 	set.Duration(&cfg.WSPingInterval, "ws-ping-interval", "WS_PING_INTERVAL", 30*time.Second, "ping idle clients this often")
 	set.Duration(&cfg.WSSlowClientAfter, "ws-slow-client-after", "WS_SLOW_CLIENT_AFTER", 15*time.Second, "a change waiting in a client's queue longer than this drops the client (close 4008)")
-	set.Duration(&cfg.WSWriteCoalesce, "ws-write-coalesce", "WS_WRITE_COALESCE", 10*time.Millisecond, "a connection writes at most once per this: what comes sooner after a write waits and goes with the next (one system call; one message with batched framing); 0: write as soon as anything waits")
+	set.Duration(&cfg.WSWriteCoalesce, "ws-write-coalesce", "WS_WRITE_COALESCE", 20*time.Millisecond, "a connection writes at most once per this: what comes sooner after a write waits and goes with the next (one system call; one message with batched framing); 0: write as soon as anything waits")
 	set.Float64(&cfg.WSWriteCoalesceAbove, "ws-write-coalesce-above", "WS_WRITE_COALESCE_ABOVE", 50000, "coalesce writes (WS_WRITE_COALESCE) only while the gateway sends at least this many WebSocket messages a second (until the rate falls below half of it); 0: always")
 	set.String(&cfg.MetricsAddr, "metrics-addr", "METRICS_ADDR", "127.0.0.1:9092", "serve /metrics and the detailed /readyz (and /healthz) on this address; keep it private")
 	set.String(&cfg.TrustedProxies, "trusted-proxies", "TRUSTED_PROXIES", "", "comma-separated CIDRs of load balancers whose X-Forwarded-For is believed (the client address is its rightmost untrusted entry); unset: the socket's address")
