@@ -23,7 +23,9 @@ import (
 // several messages wait it writes them with one system call: the frames
 // coder/websocket makes go into a per-connection buffer (the cork, under the
 // library's buffered writer) and the writer sends the buffer when the batch
-// is complete. A lone message goes out at once: nothing waits for company.
+// is complete. A lone message goes out at once: nothing waits for company,
+// except while the gateway is busy (coalesceSwitch): then a socket written
+// less than WS_WRITE_COALESCE ago waits out the rest of it first.
 // Pings come from a timer; the pong is awaited on the timer's goroutine, so
 // that events never wait behind a round trip.
 
