@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -31,6 +30,7 @@ import (
 	"github.com/productwatch/productwatch/pkg/broker"
 	"github.com/productwatch/productwatch/pkg/change"
 	"github.com/productwatch/productwatch/pkg/pgserver"
+	"github.com/productwatch/productwatch/pkg/procstat"
 	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
@@ -511,8 +511,8 @@ func (br *benchBridge) cpu(b *testing.B, db *sql.DB) benchCPU {
 		if err := rows.Scan(&pid); err != nil {
 			b.Fatal(err)
 		}
-		if d, ok := procCPU(pid); ok {
-			c.backends[pid] = d
+		if st, err := procstat.ReadStat(pid); err == nil {
+			c.backends[pid] = st.CPU
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -536,31 +536,6 @@ func (c benchCPU) since(earlier benchCPU) (d benchCPUUsed) {
 		}
 	}
 	return d
-}
-
-// procCPU returns the user + system CPU time of process pid from
-// /proc/<pid>/stat (clock ticks of 10 ms, the Linux default USER_HZ).
-func procCPU(pid int) (time.Duration, bool) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, false
-	}
-	// The command name, in parentheses, may hold spaces: fields count
-	// from after its closing parenthesis (the state is field 3).
-	end := strings.LastIndexByte(string(data), ')')
-	if end < 0 {
-		return 0, false
-	}
-	fields := strings.Fields(string(data[end+1:]))
-	if len(fields) < 13 {
-		return 0, false
-	}
-	utime, err1 := strconv.ParseInt(fields[11], 10, 64) // field 14
-	stime, err2 := strconv.ParseInt(fields[12], 10, 64) // field 15
-	if err1 != nil || err2 != nil {
-		return 0, false
-	}
-	return time.Duration(utime+stime) * 10 * time.Millisecond, true
 }
 
 // streamLastSeq returns the stream's last sequence number: how many messages

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -24,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/productwatch/productwatch/pkg/change"
+	"github.com/productwatch/productwatch/pkg/procstat"
 	"github.com/productwatch/productwatch/pkg/testenv"
 )
 
@@ -176,18 +175,8 @@ func tinyReceiveBuffer() *net.Dialer {
 
 // rssKiB reads a process's resident set size.
 func rssKiB(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			return strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
-		}
-	}
-	return 0, errors.New("no VmRSS")
+	s, err := procstat.Read(pid)
+	return s.RSS, err
 }
 
 // BenchmarkIdleConnectionMemory runs the real gateway binary and opens

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/productwatch/productwatch/pkg/procstat"
+
 	"github.com/nats-io/nats-server/v2/server"
 )
 
@@ -331,11 +333,11 @@ func TestParseFlags(t *testing.T) {
 // this test process) is not overwritten by a second up.
 func TestUpRefusesARunningCluster(t *testing.T) {
 	dir := t.TempDir()
-	start, err := procStartTime(os.Getpid())
+	self, err := procstat.ReadStat(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := &State{Spec: Spec{StateDir: dir}, Gateways: []Member{{Proc: Proc{Name: "gateway1", PID: os.Getpid(), StartTime: start}, Index: 1}}}
+	st := &State{Spec: Spec{StateDir: dir}, Gateways: []Member{{Proc: Proc{Name: "gateway1", PID: os.Getpid(), StartTime: self.StartTime}, Index: 1}}}
 	if err := st.save(); err != nil {
 		t.Fatal(err)
 	}

@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/productwatch/productwatch/pkg/procstat"
 )
 
 // Proc is a process the cluster started, as recorded in the state file: its
@@ -19,7 +19,7 @@ import (
 type Proc struct {
 	Name      string `json:"name"`
 	PID       int    `json:"pid"`
-	StartTime uint64 `json:"startTime"` // field 22 of /proc/<pid>/stat, in clock ticks since boot
+	StartTime uint64 `json:"startTime"` // procstat.Stat.StartTime: clock ticks since boot
 	Log       string `json:"log"`       // where its stdout and stderr go
 }
 
@@ -44,42 +44,12 @@ func startProc(name, path string, args, env []string, logPath string) (Proc, err
 		return Proc{}, fmt.Errorf("start %s (%s): %w", name, path, err)
 	}
 	go func() { _ = cmd.Wait() }()
-	start, err := procStartTime(cmd.Process.Pid)
+	st, err := procstat.ReadStat(cmd.Process.Pid)
 	if err != nil {
 		_ = cmd.Process.Kill()
 		return Proc{}, fmt.Errorf("start %s: %w", name, err)
 	}
-	return Proc{Name: name, PID: cmd.Process.Pid, StartTime: start, Log: logPath}, nil
-}
-
-// procStat returns the state letter and start time of pid from /proc.
-func procStat(pid int) (state byte, start uint64, err error) {
-	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return 0, 0, err
-	}
-	// The command name (field 2) is in parentheses and may hold spaces:
-	// the fields after it start past the last ')'.
-	text := string(data)
-	i := strings.LastIndexByte(text, ')')
-	if i < 0 {
-		return 0, 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
-	}
-	fields := strings.Fields(text[i+1:])
-	// fields[0] is field 3 (state); the start time is field 22.
-	if len(fields) < 20 {
-		return 0, 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
-	}
-	start, err = strconv.ParseUint(fields[19], 10, 64)
-	if err != nil {
-		return 0, 0, fmt.Errorf("/proc/%d/stat: start time: %w", pid, err)
-	}
-	return fields[0][0], start, nil
-}
-
-func procStartTime(pid int) (uint64, error) {
-	_, start, err := procStat(pid)
-	return start, err
+	return Proc{Name: name, PID: cmd.Process.Pid, StartTime: st.StartTime, Log: logPath}, nil
 }
 
 // Alive reports whether the recorded process still runs: its PID exists, is
@@ -88,8 +58,8 @@ func (p Proc) Alive() bool {
 	if p.PID <= 0 {
 		return false
 	}
-	state, start, err := procStat(p.PID)
-	return err == nil && state != 'Z' && state != 'X' && start == p.StartTime
+	st, err := procstat.ReadStat(p.PID)
+	return err == nil && st.State != 'Z' && st.State != 'X' && st.StartTime == p.StartTime
 }
 
 // signal sends sig to the process if it is still the one recorded.

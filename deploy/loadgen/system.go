@@ -24,9 +24,9 @@ import (
 
 	"github.com/lib/pq"
 
-	"github.com/productwatch/productwatch/deploy/loadgen/procstat"
 	"github.com/productwatch/productwatch/pkg/broker"
 	"github.com/productwatch/productwatch/pkg/pgserver"
+	"github.com/productwatch/productwatch/pkg/procstat"
 	"github.com/productwatch/productwatch/pkg/schema"
 )
 

@@ -5,7 +5,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/productwatch/productwatch/deploy/loadgen/procstat"
+	"github.com/productwatch/productwatch/pkg/procstat"
 )
 
 // procUsage is what one process (or group of processes) used during a

@@ -7,29 +7,31 @@ import (
 	"time"
 )
 
-func TestParseStatCPU(t *testing.T) {
+func TestParseStat(t *testing.T) {
 	cases := []struct {
 		name string
 		stat string
-		want time.Duration
+		want Stat
 		ok   bool
 	}{
 		{"plain", "1234 (gateway) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 100 0 0",
-			3 * time.Second, true},
-		{"a command name with spaces and parentheses", "77 (a (b) c) R 1 77 77 0 -1 0 0 0 0 0 7 3 0 0 20 0 1 0 5 0 0",
-			100 * time.Millisecond, true},
-		{"truncated", "77 (x) R 1 2", 0, false},
-		{"no command", "77 x R", 0, false},
-		{"not a number", "1 (x) S 1 1 1 0 -1 0 0 0 0 0 ab 3 0 0 20 0 1 0 5 0 0", 0, false},
+			Stat{State: 'S', StartTime: 100, CPU: 3 * time.Second}, true},
+		{"a command name with spaces and parentheses", "77 (a (b) c) Z 1 77 77 0 -1 0 0 0 0 0 7 3 0 0 20 0 1 0 5 0 0",
+			Stat{State: 'Z', StartTime: 5, CPU: 100 * time.Millisecond}, true},
+		{"truncated", "77 (x) R 1 2", Stat{}, false},
+		{"no start time", "77 (x) R 1 77 77 0 -1 0 0 0 0 0 7 3 0 0 20 0 1 0", Stat{}, false},
+		{"no command", "77 x R", Stat{}, false},
+		{"cpu not a number", "1 (x) S 1 1 1 0 -1 0 0 0 0 0 ab 3 0 0 20 0 1 0 5 0 0", Stat{}, false},
+		{"start not a number", "1 (x) S 1 1 1 0 -1 0 0 0 0 0 1 3 0 0 20 0 1 0 -5 0 0", Stat{}, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := parseStatCPU([]byte(tc.stat))
+			got, err := parseStat([]byte(tc.stat))
 			if (err == nil) != tc.ok {
 				t.Fatalf("err = %v, want ok=%v", err, tc.ok)
 			}
 			if got != tc.want {
-				t.Errorf("cpu = %v, want %v", got, tc.want)
+				t.Errorf("stat = %+v, want %+v", got, tc.want)
 			}
 		})
 	}

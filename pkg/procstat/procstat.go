@@ -1,7 +1,9 @@
-// Package procstat reads what a Linux process has used from /proc: CPU time
-// (user + system) and resident memory, current and peak. The load generator
-// samples the processes of the system under test before and after a
-// scenario and reports the difference.
+// Package procstat reads Linux processes from /proc: state, start time and
+// CPU time (user + system) from /proc/<pid>/stat, resident memory, current
+// and peak, from /proc/<pid>/status, and the machine's busy time. The load
+// generator and the benchmarks sample the processes of the system under test
+// before and after a run; make cluster checks that a recorded PID is still
+// the process it started. The one parser of those files in the repository.
 package procstat
 
 import (
@@ -33,19 +35,41 @@ type Sample struct {
 // more).
 var ErrNoProcess = errors.New("no such process")
 
+// Stat is what /proc/<pid>/stat says of a process.
+type Stat struct {
+	// State is the state letter: R running, S sleeping, Z zombie, X dead…
+	State byte
+	// StartTime is when the process started, in clock ticks since boot:
+	// with the PID, it names one process (a PID is reused, this pair not).
+	StartTime uint64
+	// CPU is user + system time since the process started.
+	CPU time.Duration
+}
+
+// ReadStat reads /proc/<pid>/stat.
+func ReadStat(pid int) (Stat, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return Stat{}, fmt.Errorf("process %d: %w", pid, ErrNoProcess)
+		}
+		return Stat{}, err
+	}
+	st, err := parseStat(data)
+	if err != nil {
+		return Stat{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return st, nil
+}
+
 // Read samples process pid.
 func Read(pid int) (Sample, error) {
 	s := Sample{PID: pid}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := ReadStat(pid)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return s, fmt.Errorf("process %d: %w", pid, ErrNoProcess)
-		}
 		return s, err
 	}
-	if s.CPU, err = parseStatCPU(stat); err != nil {
-		return s, fmt.Errorf("/proc/%d/stat: %w", pid, err)
-	}
+	s.CPU = st.CPU
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -60,28 +84,33 @@ func Read(pid int) (Sample, error) {
 	return s, nil
 }
 
-// parseStatCPU returns utime + stime from the contents of /proc/<pid>/stat.
-// The second field, the command name in parentheses, may hold spaces and
-// parentheses itself, so fields are counted from the last ')'.
-func parseStatCPU(stat []byte) (time.Duration, error) {
+// parseStat parses the contents of /proc/<pid>/stat. The second field, the
+// command name in parentheses, may hold spaces and parentheses itself, so
+// fields are counted from the last ')'.
+func parseStat(stat []byte) (Stat, error) {
 	end := bytes.LastIndexByte(stat, ')')
 	if end < 0 {
-		return 0, errors.New("no command name")
+		return Stat{}, errors.New("no command name")
 	}
-	// After ") ": field 3 (state) is index 0, so utime (14) is 11, stime 12.
+	// After ") ": field 3 (state) is index 0, so utime (14) is 11, stime
+	// 12, starttime (22) 19.
 	fields := strings.Fields(string(stat[end+1:]))
-	if len(fields) < 13 {
-		return 0, fmt.Errorf("%d fields after the command name, want at least 13", len(fields))
+	if len(fields) < 20 {
+		return Stat{}, fmt.Errorf("%d fields after the command name, want at least 20", len(fields))
 	}
 	var ticks int64
 	for _, f := range fields[11:13] {
 		n, err := strconv.ParseInt(f, 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("cpu ticks %q: %w", f, err)
+			return Stat{}, fmt.Errorf("cpu ticks %q: %w", f, err)
 		}
 		ticks += n
 	}
-	return time.Duration(ticks) * time.Second / clockTicks, nil
+	start, err := strconv.ParseUint(fields[19], 10, 64)
+	if err != nil {
+		return Stat{}, fmt.Errorf("start time %q: %w", fields[19], err)
+	}
+	return Stat{State: fields[0][0], StartTime: start, CPU: time.Duration(ticks) * time.Second / clockTicks}, nil
 }
 
 // parseStatusMemory returns VmRSS and VmHWM (KiB) from /proc/<pid>/status.
