@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/productwatch/productwatch/pkg/procstat"
+	"github.com/productwatch/productwatch/pkg/secretfile"
 
 	"github.com/nats-io/nats-server/v2/server"
 )
@@ -138,7 +139,7 @@ func TestCredentialsGeneratedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, v := range map[string]string{"bridge": first.Bridge, "gateway": first.Gateway, "debug": first.Debug, "route": first.Route, "token": first.APIToken} {
-		if len(v) < 32 {
+		if len(v) < secretfile.MinLength {
 			t.Errorf("%s secret %q is too short", name, v)
 		}
 	}

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +10,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/productwatch/productwatch/pkg/secretfile"
 )
 
 // Spec is the cluster's shape: where its files live, its ports and how many
@@ -131,62 +131,16 @@ func loadState(dir string) (*State, error) {
 
 // save writes the state atomically (a reader never sees half a file).
 func (st *State) save() error {
-	return writeJSON(statePath(st.Spec.StateDir), st)
-}
-
-func writeJSON(path string, v any) error {
-	data, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	// A fresh temporary file is always 0600, whatever a leftover had.
-	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return err
-	}
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return secretfile.WriteJSON(statePath(st.Spec.StateDir), st)
 }
 
 // loadCredentials returns the kept credentials, generating the missing
-// ones (all of them on first use).
+// ones (all of them on first use). A corrupt file is an error, never
+// overwritten: the running cluster's NATS configuration uses its passwords.
 func loadCredentials(dir string) (Credentials, error) {
-	path := filepath.Join(dir, "credentials.json")
 	var c Credentials
-	data, err := os.ReadFile(path)
-	switch {
-	case err == nil:
-		if err := json.Unmarshal(data, &c); err != nil {
-			return c, fmt.Errorf("read %s: %w", path, err)
-		}
-	case !errors.Is(err, os.ErrNotExist):
-		return c, err
-	}
-	changed := false
-	for _, field := range []*string{&c.Bridge, &c.Gateway, &c.Debug, &c.Route, &c.APIToken} {
-		if len(*field) >= 16 {
-			continue
-		}
-		raw := make([]byte, 18)
-		if _, err := rand.Read(raw); err != nil {
-			return c, err
-		}
-		*field, changed = hex.EncodeToString(raw), true
-	}
-	if changed {
-		if err := writeJSON(path, c); err != nil {
-			return c, fmt.Errorf("keep the credentials: %w", err)
-		}
-	}
-	return c, os.Chmod(path, 0o600)
+	err := secretfile.Keep(filepath.Join(dir, "credentials.json"), &c, &c.Bridge, &c.Gateway, &c.Debug, &c.Route, &c.APIToken)
+	return c, err
 }
 
 // lockDir takes an exclusive lock on dir, so that two of up, down and scale

@@ -1,14 +1,13 @@
 package main
 
 import (
-	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/productwatch/productwatch/pkg/secretfile"
 )
 
 // natsCLIVersion is the nats CLI `make tools` and `make run` install into
@@ -31,28 +30,20 @@ const (
 )
 
 // loadNATSCredentials returns the kept credentials, generating and keeping
-// them when there are none yet (or the file is unusable).
+// them when there are none yet. A file that is not valid JSON is replaced:
+// make run's embedded server takes the passwords anew on every start, so
+// nothing else depends on the old ones.
 func loadNATSCredentials(stateDir string) (natsCredentials, error) {
 	path := filepath.Join(stateDir, natsCredentialsFile)
 	var c natsCredentials
-	data, err := os.ReadFile(path)
-	switch {
-	case err == nil && json.Unmarshal(data, &c) == nil && len(c.Bridge) >= 16 && len(c.Gateway) >= 16 && len(c.Debug) >= 16:
-		// Kept from an earlier run; keep it private even if someone
-		// loosened its mode.
-		if err := os.Chmod(path, 0o600); err != nil {
-			return natsCredentials{}, fmt.Errorf("keep the NATS credentials private: %w", err)
+	err := secretfile.Keep(path, &c, &c.Bridge, &c.Gateway, &c.Debug)
+	if errors.Is(err, secretfile.ErrCorrupt) {
+		c = natsCredentials{}
+		if err = os.Remove(path); err == nil {
+			err = secretfile.Keep(path, &c, &c.Bridge, &c.Gateway, &c.Debug)
 		}
-		return c, nil
-	case err != nil && !errors.Is(err, fs.ErrNotExist):
-		return natsCredentials{}, fmt.Errorf("read the NATS credentials: %w", err)
 	}
-	c = natsCredentials{Bridge: rand.Text(), Gateway: rand.Text(), Debug: rand.Text()}
-	data, err = json.MarshalIndent(c, "", "  ")
 	if err != nil {
-		return natsCredentials{}, err
-	}
-	if err := writePrivate(path, append(data, '\n')); err != nil {
 		return natsCredentials{}, fmt.Errorf("keep the NATS credentials: %w", err)
 	}
 	return c, nil
@@ -62,30 +53,15 @@ func loadNATSCredentials(stateDir string) (natsCredentials, error) {
 // --context <path>.json) for the debug user on natsURL, mode 0600. It is
 // rewritten on every run: the embedded server's port may change.
 func writeNATSContext(path, natsURL string, c natsCredentials) error {
-	data, err := json.MarshalIndent(map[string]string{
+	if err := secretfile.WriteJSON(path, map[string]string{
 		"description": "productwatch make run: the embedded NATS server, as the read-only debug user",
 		"url":         natsURL,
 		"user":        "debug",
 		"password":    c.Debug,
-	}, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := writePrivate(path, append(data, '\n')); err != nil {
+	}); err != nil {
 		return fmt.Errorf("write the nats CLI context: %w", err)
 	}
 	return nil
-}
-
-// writePrivate writes data to path readable by its owner only, whatever mode
-// an existing file had.
-func writePrivate(path string, data []byte) error {
-	// WriteFile keeps the mode of a file that exists: tighten it before
-	// the secret goes in, not after.
-	if err := os.Chmod(path, 0o600); err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	return os.WriteFile(path, data, 0o600)
 }
 
 // natsCLI is what the banner says about the nats CLI.

@@ -24,6 +24,7 @@ import (
 	"github.com/productwatch/productwatch/pkg/broker"
 	"github.com/productwatch/productwatch/pkg/pgserver"
 	"github.com/productwatch/productwatch/pkg/schema"
+	"github.com/productwatch/productwatch/pkg/secretfile"
 )
 
 const databaseName = "productwatch"
@@ -187,7 +188,7 @@ func apiToken(stateDir string) (string, error) {
 		return "", err
 	}
 	token := hex.EncodeToString(raw)
-	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+	if err := secretfile.Write(path, []byte(token+"\n")); err != nil {
 		return "", fmt.Errorf("keep the API token: %w", err)
 	}
 	return token, nil
