@@ -76,8 +76,8 @@ func loadConfig(args []string) (Config, error) {
 	set.Duration(&cfg.Retention, "change-retention", "CHANGE_RETENTION", 24*time.Hour, "keep published changes in the change log this long (resume needs them)")
 	set.Duration(&cfg.PruneInterval, "prune-interval", "PRUNE_INTERVAL", time.Minute, "how often to prune the change log")
 	set.Int(&cfg.PruneBatch, "prune-batch", "PRUNE_BATCH", 1000, "change rows deleted per statement when pruning")
-	cfg.NATSAuth.Register(fs)
-	cfg.NATSEmbedAuth.Register(fs)
+	cfg.NATSAuth.Register(set)
+	cfg.NATSEmbedAuth.Register(set)
 	cfg.Log.Register(set)
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {

@@ -79,7 +79,7 @@ func loadConfig(args []string) (Config, error) {
 	set.String(&cfg.TLSCert, "tls-cert", "TLS_CERT", "", "PEM certificate file; unset: a self-signed development certificate")
 	set.String(&cfg.TLSKey, "tls-key", "TLS_KEY", "", "PEM private key file for -tls-cert")
 	set.Bool(&cfg.InsecureHTTP, "insecure-http", "INSECURE_HTTP", false, "serve plain HTTP (HTTP/1.1 and h2c), for use behind a TLS-terminating load balancer")
-	set.String(&cfg.APIToken, "api-token", "API_TOKEN", "", "bearer token required by POST/PUT/PATCH/DELETE; unset: writes answer 401")
+	set.Secret(&cfg.APIToken, "api-token", "API_TOKEN", "bearer token required by POST/PUT/PATCH/DELETE; unset: writes answer 401")
 	set.Int64(&cfg.MaxBodyBytes, "max-body-bytes", "MAX_BODY_BYTES", 64<<10, "largest accepted request body in bytes")
 	set.Duration(&cfg.ShutdownTimeout, "shutdown-timeout", "SHUTDOWN_TIMEOUT", 15*time.Second, "how long in-flight requests may take to finish on shutdown")
 	set.String(&cfg.NATSURL, "nats-url", "NATS_URL", "", "NATS servers for /websocket (comma-separated); unset: /websocket answers 503")
@@ -115,7 +115,7 @@ func loadConfig(args []string) (Config, error) {
 	set.Duration(&cfg.WSConflateAfter, "ws-conflate-after", "WS_CONFLATE_AFTER", hub.DefaultConflateAfter, "a client whose oldest waiting change is older than this has its waiting changes conflated per product (latest version) until it catches up")
 	set.Int(&cfg.WSConflateMaxEvents, "ws-conflate-max-events", "WS_CONFLATE_MAX_EVENTS", hub.DefaultConflateMaxEvents, "a client with more changes than this waiting has them conflated per product until it catches up (see -ws-conflate-after)")
 	set.Int(&cfg.WSConflateMaxBytes, "ws-conflate-max-bytes", "WS_CONFLATE_MAX_BYTES", hub.DefaultConflateMaxBytes, "a client with more bytes of changes than this waiting has them conflated per product until it catches up (see -ws-conflate-after)")
-	cfg.NATSAuth.Register(fs)
+	cfg.NATSAuth.Register(set)
 	cfg.Log.Register(set)
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {

@@ -5,6 +5,8 @@ import (
 	"flag"
 	"strings"
 	"testing"
+
+	"github.com/productwatch/productwatch/pkg/envflag"
 )
 
 func TestCredentialsRegister(t *testing.T) {
@@ -23,7 +25,7 @@ func TestCredentialsRegister(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var c Credentials
 			fs := flag.NewFlagSet("test", flag.ContinueOnError)
-			c.Register(fs)
+			c.Register(envflag.New(fs))
 			if err := fs.Parse(tt.args); err != nil {
 				t.Fatal(err)
 			}
@@ -43,7 +45,7 @@ func TestCredentialsHelpHidesPassword(t *testing.T) {
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	var out bytes.Buffer
 	fs.SetOutput(&out)
-	c.Register(fs)
+	c.Register(envflag.New(fs))
 	fs.PrintDefaults()
 	if !strings.Contains(out.String(), "NATS_PASSWORD") || !strings.Contains(out.String(), "envuser") {
 		t.Errorf("help does not document the flags:\n%s", out.String())

@@ -108,3 +108,24 @@ func (s *Set) Float64(p *float64, name, env string, def float64, text string) {
 	}
 	s.fs.Float64Var(p, name, def, usage(env, text))
 }
+
+// Secret defines a string flag name for a password or token, default from
+// env or empty, whose value never shows: flag.PrintDefaults prints a flag's
+// default, which here would be the secret taken from the environment.
+func (s *Set) Secret(p *string, name, env, text string) {
+	*p = os.Getenv(env)
+	s.fs.Var(secretValue{p}, name, usage(env, text))
+}
+
+// secretValue is a flag.Value that prints nothing.
+type secretValue struct{ p *string }
+
+// String returns "" so that no value is ever printed (flag also calls it on
+// a zero secretValue, whose p is nil).
+func (secretValue) String() string { return "" }
+
+// Set stores the flag's value.
+func (v secretValue) Set(s string) error {
+	*v.p = s
+	return nil
+}

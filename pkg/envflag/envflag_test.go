@@ -3,6 +3,7 @@ package envflag
 import (
 	"flag"
 	"io"
+	"strings"
 	"testing"
 	"time"
 )
@@ -66,5 +67,27 @@ func TestBoolIntEnv(t *testing.T) {
 	}
 	if set.Err() == nil {
 		t.Error("bad PW_I64 not reported")
+	}
+}
+
+// TestSecret: the environment's value, a flag over it, and never the value
+// in -help output.
+func TestSecret(t *testing.T) {
+	t.Setenv("PW_SECRET", "from-the-environment")
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	var help strings.Builder
+	fs.SetOutput(&help)
+	set := New(fs)
+	var secret string
+	set.Secret(&secret, "secret", "PW_SECRET", "a password")
+	if secret != "from-the-environment" {
+		t.Errorf("from the environment: %q", secret)
+	}
+	fs.PrintDefaults()
+	if strings.Contains(help.String(), "from-the-environment") || !strings.Contains(help.String(), "PW_SECRET") {
+		t.Errorf("help output:\n%s", help.String())
+	}
+	if err := fs.Parse([]string{"-secret", "from-a-flag"}); err != nil || secret != "from-a-flag" {
+		t.Errorf("flag: %q, %v", secret, err)
 	}
 }
