@@ -58,12 +58,10 @@ type Outbox struct {
 	busy       bool // the writer was told there is work and has not found the queue empty since
 	held       int  // Hold calls not yet released: Pop hands out nothing
 	closed     bool
-	ready      chan struct{}
 
-	conflated, stale, fellBehind int64
-	onConflate                   func(n int) // optional metric hooks; called under the lock
-	onFallBehind                 func()
-	notify                       func() // optional: called instead of signalling ready
+	onConflate   func(n int) // optional metric hooks; called under the lock
+	onFallBehind func()
+	notify       func() // the writer's wake-up (OnReady)
 }
 
 type waiting struct {
@@ -78,7 +76,6 @@ func NewOutbox(maxControl int) *Outbox {
 	o := &Outbox{
 		latest:     make(map[int64]int64),
 		maxControl: maxControl,
-		ready:      make(chan struct{}, 1),
 	}
 	o.SetConflation(Conflation{})
 	return o
@@ -99,11 +96,10 @@ func (o *Outbox) SetConflation(c Conflation) {
 	o.limits = c
 }
 
-// OnReady sets a function called (outside the outbox's lock) when something
-// is queued while the writer is idle, that is, after Pop last found the
-// queue empty: once per wake-up, not once per message. It is called instead
-// of signalling the Ready channel. Set it before the outbox is shared; it
-// must not block.
+// OnReady sets the function that wakes the writer, called (outside the
+// outbox's lock) when something is queued while the writer is idle, that
+// is, after Pop last found the queue empty: once per wake-up, not once per
+// message. Set it before the outbox is shared; it must not block.
 func (o *Outbox) OnReady(f func()) { o.notify = f }
 
 // OnConflate sets metric hooks, called under the outbox's lock (they must
@@ -122,7 +118,6 @@ func (o *Outbox) Deliver(productID, version int64, event []byte) {
 		return
 	}
 	if version <= o.latest[productID] {
-		o.stale++
 		o.mu.Unlock()
 		return
 	}
@@ -167,7 +162,6 @@ func (o *Outbox) push(productID, version int64, event []byte, now time.Time) {
 // event, in the place (and with the queued time) of its oldest.
 func (o *Outbox) conflate() {
 	o.conflating = true
-	o.fellBehind++
 	if o.onFallBehind != nil {
 		o.onFallBehind()
 	}
@@ -196,7 +190,6 @@ func (o *Outbox) conflate() {
 }
 
 func (o *Outbox) replaced(n int) {
-	o.conflated += int64(n)
 	if o.onConflate != nil {
 		o.onConflate(n)
 	}
@@ -208,16 +201,8 @@ func (o *Outbox) wake() {
 	wake := !o.busy && o.held == 0
 	o.busy = o.busy || wake
 	o.mu.Unlock()
-	if !wake {
-		return
-	}
-	if o.notify != nil {
+	if wake && o.notify != nil {
 		o.notify()
-		return
-	}
-	select {
-	case o.ready <- struct{}{}:
-	default:
 	}
 }
 
