@@ -118,10 +118,7 @@ func loadConfig(args []string) (Config, error) {
 	cfg.NATSAuth.Register(set)
 	cfg.Log.Register(set)
 	fs.SetOutput(os.Stderr)
-	if err := fs.Parse(args); err != nil {
-		return Config{}, err
-	}
-	if err := set.Err(); err != nil {
+	if err := set.Parse(args); err != nil {
 		return Config{}, err
 	}
 	return cfg, cfg.validate()

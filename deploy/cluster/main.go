@@ -79,10 +79,7 @@ func parseFlags(command string, args []string) (options, error) {
 	set.String(&o.cookbook, "readme", "CLUSTER_COOKBOOK", defaultCookbook("."), "cookbook: the Markdown file whose nats CLI cookbook section is checked")
 	set.String(&o.natsCLI, "nats-cli", "NATS_CLI", "bin/nats", "cookbook: the nats CLI to run")
 	fs.SetOutput(os.Stderr)
-	if err := fs.Parse(args); err != nil {
-		return o, err
-	}
-	if err := set.Err(); err != nil {
+	if err := set.Parse(args); err != nil {
 		return o, err
 	}
 	fs.Visit(func(f *flag.Flag) {

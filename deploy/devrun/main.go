@@ -41,8 +41,7 @@ func main() {
 	set.String(&opts.gatewayAddr, "gateway-addr", "LISTEN_ADDR", ":8443", "the gateway's listen address")
 	set.String(&opts.metricsAddr, "bridge-metrics-addr", "METRICS_ADDR", "127.0.0.1:9091", "the bridge's probes and metrics address")
 	fs.BoolVar(&opts.migrateOnly, "migrate", false, "apply the migrations and exit")
-	_ = fs.Parse(os.Args[1:])
-	if err := set.Err(); err != nil {
+	if err := set.Parse(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "devrun:", err)
 		os.Exit(2)
 	}

@@ -129,3 +129,12 @@ func (v secretValue) Set(s string) error {
 	*v.p = s
 	return nil
 }
+
+// Parse parses args with the FlagSet, then reports the first environment
+// variable that could not be parsed, if any (Err): one error for both.
+func (s *Set) Parse(args []string) error {
+	if err := s.fs.Parse(args); err != nil {
+		return err
+	}
+	return s.err
+}

@@ -34,14 +34,12 @@ func TestPrecedence(t *testing.T) {
 			var d time.Duration
 			set.String(&s, "s", "PW_S", "def", "a string")
 			set.Duration(&d, "d", "PW_D", time.Second, "a duration")
-			if err := fs.Parse(tc.args); err != nil {
-				t.Fatal(err)
-			}
+			err := set.Parse(tc.args)
 			if s != tc.want || d != tc.wantDur {
 				t.Errorf("got %q %v, want %q %v", s, d, tc.want, tc.wantDur)
 			}
-			if (set.Err() != nil) != tc.wantErr {
-				t.Errorf("Err() = %v, want error %v", set.Err(), tc.wantErr)
+			if (err != nil) != tc.wantErr || (set.Err() != nil) != tc.wantErr {
+				t.Errorf("Parse = %v, Err() = %v, want error %v", err, set.Err(), tc.wantErr)
 			}
 		})
 	}
