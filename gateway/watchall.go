@@ -36,12 +36,16 @@ func (a *allClient) Deliver(productID, version int64, event []byte) {
 	a.c.outbox.Deliver(productID, version, event)
 }
 
+// missedAll is the answer MissedChanges gives every watch-all client: the
+// same bytes for all of them, encoded once (answers are never modified).
+var missedAll = protocol.AppendAllError(nil, nil, protocol.CodeResync,
+	"live changes may have been missed (the gateway lost NATS for a while): subscribe again with since")
+
 // MissedChanges tells the client to resume with since: NATS reconnected or
 // dropped messages, so live changes may have been missed (hub.AllResyncer).
 func (a *allClient) MissedChanges() {
 	a.c.srv.metrics.commandErrors.WithLabelValues(protocol.CodeResync).Inc()
-	a.c.answer(protocol.AppendAllError(nil, nil, protocol.CodeResync,
-		"live changes may have been missed (the gateway lost NATS for a while): subscribe again with since"))
+	a.c.answer(missedAll)
 }
 
 // watchAll handles a watch-all command on the connection's reader, which
