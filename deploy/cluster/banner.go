@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/productwatch/productwatch/pkg/secretfile"
 )
 
 // relative shows path relative to the working directory when it is below
@@ -29,11 +31,7 @@ func (c *cluster) debugEnvFile() (string, error) {
 	path := filepath.Join(c.st.Spec.StateDir, "nats-debug.env")
 	text := fmt.Sprintf("export NATS_URL=%s\nexport NATS_USER=%s\nexport NATS_PASSWORD=%s\n",
 		natsURL(c.st.Spec.Ports), userDebug, c.creds.Debug)
-	// WriteFile keeps the mode of a file that exists: tighten it first.
-	if err := os.Chmod(path, 0o600); err != nil && !os.IsNotExist(err) {
-		return path, err
-	}
-	return path, os.WriteFile(path, []byte(text), 0o600)
+	return path, secretfile.Write(path, []byte(text))
 }
 
 // debugEnv is the environment the nats CLI needs to connect as debug.

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/productwatch/productwatch/pkg/pgserver"
+	"github.com/productwatch/productwatch/pkg/secretfile"
 )
 
 // startTimeout bounds the wait for one process to become ready.
@@ -189,7 +190,7 @@ func (c *cluster) startNode(_ context.Context, i int) error {
 	}
 	env := authEnv(c.creds)
 	conf := filepath.Join(c.st.Spec.StateDir, fmt.Sprintf("nats-n%d.conf", i))
-	if err := os.WriteFile(conf, []byte(nodeConfig(c.st.Spec, i, store, c.creds, include)), 0o600); err != nil {
+	if err := secretfile.Write(conf, []byte(nodeConfig(c.st.Spec, i, store, c.creds, include))); err != nil {
 		return err
 	}
 	name := fmt.Sprintf("nats-n%d", i)
@@ -218,8 +219,11 @@ func (c *cluster) copyAuthConf() (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
+	// Replaced atomically: a node started just before may still be reading
+	// them (a truncating write made one fail now and then with "variable
+	// reference for 'PRODUCTWATCH_BRIDGE' … can not be found").
 	for i, name := range []string{"auth.conf", "permissions.conf"} {
-		if err := os.WriteFile(filepath.Join(dir, name), files[i], 0o600); err != nil {
+		if err := secretfile.Write(filepath.Join(dir, name), files[i]); err != nil {
 			return "", err
 		}
 	}
